@@ -1,0 +1,55 @@
+# The two commands a new machine needs: `make serve` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 5006
+# The demo database lives in the project folder so `make serve` is self-contained.
+DEMO_DB ?= var/demo.db
+
+.PHONY: serve test lint format bench atlas chromium install dev clean
+
+$(BIN)/tpmap: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+install: $(BIN)/tpmap
+
+$(VENV)/.dev: pyproject.toml $(BIN)/tpmap
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+dev: $(VENV)/.dev
+
+serve: install
+	@mkdir -p $(dir $(DEMO_DB))
+	$(BIN)/tpmap serve --db sqlite:///$(abspath $(DEMO_DB)) --demo --host $(HOST) --port $(PORT)
+
+# Debian's Chromium drives the browser tests and PNG/SVG export (no browser downloads here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+lint: dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: dev
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+test: dev chromium lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: dev
+	$(BIN)/python -m bench
+
+atlas: install
+	$(BIN)/tpmap atlas --build
+	BOKEH_IN_DOCKER=1 $(BIN)/tpmap atlas --out docs/atlas.png
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

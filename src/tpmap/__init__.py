@@ -1,0 +1,1 @@
+"""tpmap: map dry-needled trigger points on a leg-and-hip body atlas."""
