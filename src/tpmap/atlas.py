@@ -1,0 +1,552 @@
+"""The body diagram: muscle regions as Shapely polygons, and exact hit testing.
+
+Coordinates are centimetres on a reference adult (y up from the floor; x = 0 on the
+midline of the anterior and posterior views). Anatomical sides are the patient's: on the
+anterior view the patient's right is at negative x, on the posterior view at positive x.
+
+Examples
+--------
+>>> from tpmap import load_atlas
+>>> atlas = load_atlas()
+>>> atlas.region_at("anterior", 5.0, 59.0).muscle
+'vmo'
+>>> atlas.region_at("anterior", 30.0, 59.0) is None
+True
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry import Polygon, shape
+from shapely.geometry.base import BaseGeometry
+
+__all__ = [
+    "LAYERS",
+    "VIEWS",
+    "Atlas",
+    "Landmark",
+    "Region",
+    "assets_dir",
+    "load_atlas",
+    "mirror_view",
+]
+
+VIEWS = ("anterior", "posterior", "lateral_left", "lateral_right")
+LAYERS = ("superficial", "deep")
+
+# Raster cell codes (non-negative codes are region indices).
+_EMPTY = -1  # no region anywhere in the cell
+_SEGMENT = -2  # exactly one boundary segment crosses the cell: a side-of-line test decides
+_COMPLEX = -3  # several boundary segments: exact Shapely test on the cell's candidates
+_DEFER = -4  # merged raster of both layers: not settled by the cell alone
+# Shewchuk's error bound for the floating-point orientation determinant: when |det| exceeds
+# it, the sign is exact, so the fast path never disagrees with GEOS's robust predicate.
+_ORIENT_ERRBOUND = (3.0 + 16.0 * 2.0**-53) * 2.0**-53
+_CELL = 0.1  # cm; about 1 % of cells hold a boundary at this size
+
+
+def assets_dir() -> Path:
+    """Return the folder holding the atlas assets (inside the wheel, or the repository)."""
+    packaged = resources.files("tpmap") / "assets"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "assets"
+
+
+def mirror_view(view: str) -> str:
+    """Return the view that shows the mirror image of ``view``.
+
+    Examples
+    --------
+    >>> mirror_view("lateral_left"), mirror_view("anterior")
+    ('lateral_right', 'anterior')
+    """
+    return {"lateral_left": "lateral_right", "lateral_right": "lateral_left"}.get(view, view)
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """One muscle (or muscle part) on one side, in one view and layer."""
+
+    index: int
+    muscle: str
+    name: str
+    side: str
+    view: str
+    layer: str
+    polygon: Polygon = field(repr=False, compare=False)
+    parent: str | None = None
+    uberon: str | None = None
+    fma: str | None = None
+
+    @property
+    def label(self) -> str:
+        """A display label such as ``"Vastus medialis obliquus (left)"``."""
+        return f"{self.name} ({self.side})"
+
+
+@dataclass(frozen=True, slots=True)
+class Landmark:
+    """A bony or ligamentous landmark shown for orientation (a point, line or small shape)."""
+
+    id: str
+    name: str
+    view: str
+    side: str
+    geometry: BaseGeometry = field(repr=False, compare=False)
+
+
+class _LayerIndex:
+    """Exact point location for the regions of one view and layer.
+
+    A raster of 1 mm cells labels every cell that no region boundary crosses with the region
+    covering it; a cell crossed by a single boundary segment is decided by which side of that
+    segment the point lies on; only cells with several segments (vertices, junctions) and
+    points on a segment within rounding error fall back to Shapely. All three paths give the
+    answer of the rule "the first region, in atlas order, whose closed polygon holds the point".
+    """
+
+    def __init__(self, regions: list[Region], bounds: tuple[float, float, float, float]):
+        self.regions = regions
+        self.polygons = {r.index: r.polygon for r in regions}
+        for p in self.polygons.values():
+            shapely.prepare(p)
+        xmin, ymin, xmax, ymax = bounds
+        self.cell = _CELL
+        self.inv = 1.0 / _CELL
+        self.x0 = xmin - 2 * _CELL
+        self.y0 = ymin - 2 * _CELL
+        self.nx = int(np.ceil((xmax - self.x0) / _CELL)) + 2
+        self.ny = int(np.ceil((ymax - self.y0) / _CELL)) + 2
+        self._build()
+
+    # -------------------------------------------------------------- building
+    def _locate_slow(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Region index (or -1) of each point, by Shapely alone (build time only)."""
+        out = np.full(len(xs), -1, dtype=np.int32)
+        for r in reversed(self.regions):  # the first region in atlas order wins: write it last
+            out[shapely.intersects_xy(r.polygon, xs, ys)] = r.index
+        return out
+
+    def _build(self) -> None:
+        nx, ny, c, x0, y0 = self.nx, self.ny, self.cell, self.x0, self.y0
+        if not self.regions:  # e.g. no deep muscle is drawn on the anterior view
+            self.labels = np.full(nx * ny, _EMPTY, dtype=np.int32)
+            self._labels_py = array("i", self.labels.tolist())
+            return
+        # Every boundary segment of every region, and which region it belongs to.
+        seg_parts, owner_parts = [], []
+        for r in self.regions:
+            for ring in [r.polygon.exterior, *r.polygon.interiors]:
+                xy = np.asarray(ring.coords)
+                seg_parts.append(np.hstack([xy[:-1], xy[1:]]))
+                owner_parts.append(np.full(len(xy) - 1, r.index, dtype=np.int32))
+        segs = np.vstack(seg_parts)
+        owner = np.concatenate(owner_parts)
+        # Shared edges appear once in each neighbour: one canonical id per geometric segment.
+        swap = (segs[:, 0] > segs[:, 2]) | ((segs[:, 0] == segs[:, 2]) & (segs[:, 1] > segs[:, 3]))
+        canon = np.where(swap[:, None], segs[:, [2, 3, 0, 1]], segs)
+        uniq, seg_id = np.unique(canon, axis=0, return_inverse=True)
+        seg_id = seg_id.ravel()
+
+        # Candidate cells of each segment: its bounding box, widened by a tolerance so that a
+        # segment touching a cell's edge or corner counts as crossing it (conservative).
+        tol = 1e-7
+        ix0 = np.floor((np.minimum(segs[:, 0], segs[:, 2]) - tol - x0) / c).astype(np.int64)
+        ix1 = np.floor((np.maximum(segs[:, 0], segs[:, 2]) + tol - x0) / c).astype(np.int64)
+        iy0 = np.floor((np.minimum(segs[:, 1], segs[:, 3]) - tol - y0) / c).astype(np.int64)
+        iy1 = np.floor((np.maximum(segs[:, 1], segs[:, 3]) + tol - y0) / c).astype(np.int64)
+        wx, wy = ix1 - ix0 + 1, iy1 - iy0 + 1
+        counts = wx * wy
+        rep = np.repeat(np.arange(len(segs)), counts)
+        offs = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        cix = ix0[rep] + offs % wx[rep]
+        ciy = iy0[rep] + offs // wx[rep]
+        # Keep a (segment, cell) pair unless all four widened corners lie strictly on one side.
+        sx1, sy1, sx2, sy2 = (segs[rep, j] for j in range(4))
+        side = []
+        for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            qx = x0 + (cix + dx) * c + (tol if dx else -tol)
+            qy = y0 + (ciy + dy) * c + (tol if dy else -tol)
+            side.append(np.sign((sx2 - sx1) * (qy - sy1) - (sy2 - sy1) * (qx - sx1)))
+        side_arr = np.vstack(side)
+        keep = ~((side_arr > 0).all(axis=0) | (side_arr < 0).all(axis=0))
+        cell_of_pair = (ciy * nx + cix)[keep]
+        sid_of_pair = seg_id[rep][keep]
+        own_of_pair = owner[rep][keep]
+
+        # Segments per cell (distinct geometric segments).
+        cs = np.unique(np.column_stack([cell_of_pair, sid_of_pair]), axis=0)
+        bcells, nseg = np.unique(cs[:, 0], return_counts=True)
+
+        labels = np.full(nx * ny, _EMPTY, dtype=np.int32)
+        # Interior cells: the region holding the cell's centre.
+        interior = np.ones(nx * ny, dtype=bool)
+        interior[bcells] = False
+        centres = np.flatnonzero(interior)
+        cx = x0 + (centres % nx + 0.5) * c
+        cy = y0 + (centres // nx + 0.5) * c
+        labels[centres] = self._locate_slow(cx, cy)
+
+        # Single-segment cells: label each side of the segment from a corner on that side.
+        single = bcells[nseg == 1]
+        first = np.searchsorted(cs[:, 0], single)
+        s_of = cs[first, 1]
+        u = uniq[s_of]
+        sx = single % nx
+        sy = single // nx
+        best_pos = np.full((len(single), 2), np.nan)
+        best_neg = np.full((len(single), 2), np.nan)
+        vpos = np.zeros(len(single))
+        vneg = np.zeros(len(single))
+        for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            qx = x0 + (sx + dx) * c
+            qy = y0 + (sy + dy) * c
+            o = (u[:, 0] - qx) * (u[:, 3] - qy) - (u[:, 1] - qy) * (u[:, 2] - qx)
+            bp, bn = o > vpos, o < vneg
+            best_pos[bp] = np.column_stack([qx, qy])[bp]
+            vpos[bp] = o[bp]
+            best_neg[bn] = np.column_stack([qx, qy])[bn]
+            vneg[bn] = o[bn]
+        two_sided = (vpos > 0) & (vneg < 0)
+        pos_lab = np.full(len(single), _EMPTY, dtype=np.int32)
+        neg_lab = np.full(len(single), _EMPTY, dtype=np.int32)
+        pos_lab[two_sided] = self._locate_slow(best_pos[two_sided, 0], best_pos[two_sided, 1])
+        neg_lab[two_sided] = self._locate_slow(best_neg[two_sided, 0], best_neg[two_sided, 1])
+        seg_cells = single[two_sided]
+        labels[bcells] = _COMPLEX
+        labels[seg_cells] = _SEGMENT
+        self.cell_seg = np.full(nx * ny, -1, dtype=np.int32)
+        self.cell_seg[seg_cells] = np.arange(len(seg_cells), dtype=np.int32)
+        self.seg_table = np.column_stack([u[two_sided]]).astype(np.float64)
+        self.seg_pos = pos_lab[two_sided]
+        self.seg_neg = neg_lab[two_sided]
+
+        # Candidates of each boundary cell for the exact fallback: regions whose boundary
+        # touches the cell, plus the region holding its centre (sorted: atlas order).
+        co = np.unique(np.column_stack([cell_of_pair, own_of_pair]), axis=0)
+        bx = x0 + (bcells % nx + 0.5) * c
+        by = y0 + (bcells // nx + 0.5) * c
+        centre_lab = self._locate_slow(bx, by)
+        has = centre_lab >= 0
+        co = np.unique(
+            np.vstack([co, np.column_stack([bcells[has], centre_lab[has]])]), axis=0
+        )  # sorted by cell, then region
+        self.cell_slot = np.full(nx * ny, -1, dtype=np.int32)
+        self.cell_slot[bcells] = np.arange(len(bcells), dtype=np.int32)
+        self.cand_ptr = np.searchsorted(co[:, 0], np.append(bcells, nx * ny)).astype(np.int64)
+        self.cand = co[:, 1].astype(np.int32)
+
+        self.labels = labels
+        # Plain-Python copies for the one-tap path: indexing an array.array is ~5x faster
+        # than indexing a NumPy array with Python ints.
+        self._labels_py = array("i", labels.tolist())
+        self._cell_seg_py = array("i", self.cell_seg.tolist())
+        self._cell_slot_py = array("i", self.cell_slot.tolist())
+        self._segs_py = [tuple(r) for r in self.seg_table.tolist()]
+        self._seg_lab_py = list(zip(self.seg_pos.tolist(), self.seg_neg.tolist(), strict=True))
+
+    # -------------------------------------------------------------- queries
+    def locate(self, x: float, y: float) -> int:
+        """Local region number holding (x, y), or -1."""
+        fx = (x - self.x0) * self.inv
+        fy = (y - self.y0) * self.inv
+        if not (0.0 <= fx < self.nx and 0.0 <= fy < self.ny):
+            return -1  # also NaN
+        cell = int(fy) * self.nx + int(fx)
+        lab = self._labels_py[cell]
+        if lab >= _EMPTY:
+            return lab
+        if lab == _SEGMENT:
+            s = self._cell_seg_py[cell]
+            x1, y1, x2, y2 = self._segs_py[s]
+            dl = (x1 - x) * (y2 - y)
+            dr = (y1 - y) * (x2 - x)
+            det = dl - dr
+            if abs(det) > _ORIENT_ERRBOUND * (abs(dl) + abs(dr)):
+                pos, neg = self._seg_lab_py[s]
+                return pos if det > 0 else neg
+        slot = self._cell_slot_py[cell]
+        for k in self.cand[self.cand_ptr[slot] : self.cand_ptr[slot + 1]].tolist():
+            if shapely.intersects_xy(self.polygons[k], x, y):
+                return k
+        return -1
+
+    def cells(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Raster cell of each point; points off the raster (or NaN) land in its empty border."""
+        fx = np.subtract(xs, self.x0)
+        fx *= self.inv
+        fy = np.subtract(ys, self.y0)
+        fy *= self.inv
+        # Clipping is cheaper than masking; the raster's outer cells never hold a region.
+        np.clip(fx, 0.0, self.nx - 0.5, out=fx)
+        np.clip(fy, 0.0, self.ny - 0.5, out=fy)
+        if np.isnan(fx.sum() + fy.sum()):
+            np.nan_to_num(fx, copy=False, nan=0.0)
+            np.nan_to_num(fy, copy=False, nan=0.0)
+        # Index arrays of intp gather fastest (no conversion inside the take).
+        cell = fy.astype(np.intp)
+        cell *= self.nx
+        cell += fx.astype(np.intp)
+        return cell
+
+    def locate_many(
+        self, xs: np.ndarray, ys: np.ndarray, cell: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Region indices of many points (-1 where none), the same answers as `locate`."""
+        if cell is None:
+            cell = self.cells(xs, ys)
+        out = self.labels[cell]
+        bad = np.flatnonzero(out < _EMPTY)
+        if len(bad) == 0:
+            return out
+        bcell = cell[bad]
+        bx, by = xs[bad], ys[bad]
+        is_seg = out[bad] == _SEGMENT
+        fallback = ~is_seg
+        if is_seg.any():
+            si = np.flatnonzero(is_seg)
+            s = self.cell_seg[bcell[si]]
+            t = self.seg_table[s]
+            px, py = bx[si], by[si]
+            dl = (t[:, 0] - px) * (t[:, 3] - py)
+            dr = (t[:, 1] - py) * (t[:, 2] - px)
+            det = dl - dr
+            sure = np.abs(det) > _ORIENT_ERRBOUND * (np.abs(dl) + np.abs(dr))
+            res = np.where(det > 0, self.seg_pos[s], self.seg_neg[s])
+            out[bad[si[sure]]] = res[sure]
+            fallback[si[~sure]] = True
+        fb = np.flatnonzero(fallback)
+        if len(fb):
+            out[bad[fb]] = self._fallback(bcell[fb], bx[fb], by[fb])
+        return out
+
+    def _fallback(self, cells: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        slot = self.cell_slot[cells]
+        start, stop = self.cand_ptr[slot], self.cand_ptr[slot + 1]
+        n = stop - start
+        pt = np.repeat(np.arange(len(cells)), n)
+        cand = self.cand[
+            np.repeat(start, n) + (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n))
+        ]
+        res = np.full(len(cells), -1, dtype=np.int32)
+        for k in np.unique(cand):  # ascending: the first region in atlas order wins
+            p = pt[cand == k]
+            p = p[res[p] < 0]
+            if len(p):
+                hit = shapely.intersects_xy(self.polygons[k], xs[p], ys[p])
+                res[p[hit]] = k
+        return res
+
+
+class Atlas:
+    """The body diagram: regions, landmarks and exact hit testing.
+
+    Use :func:`load_atlas` rather than building one yourself.
+    """
+
+    def __init__(self, data: dict[str, Any]):
+        self.version: str = data["version"]
+        self.grid: float = data["grid"]
+        regions = []
+        for i, r in enumerate(data["regions"]):
+            regions.append(
+                Region(
+                    index=i,
+                    muscle=r["muscle"],
+                    name=r["name"],
+                    side=r["side"],
+                    view=r["view"],
+                    layer=r["layer"],
+                    polygon=shape(r["geometry"]),
+                    parent=r.get("parent"),
+                    uberon=r.get("uberon"),
+                    fma=r.get("fma"),
+                )
+            )
+        self.regions: tuple[Region, ...] = tuple(regions)
+        self.landmarks: tuple[Landmark, ...] = tuple(
+            Landmark(lm["id"], lm["name"], lm["view"], lm["side"], shape(lm["geometry"]))
+            for lm in data["landmarks"]
+        )
+        self._outlines = {v: shape(d["outline"]) for v, d in data["views"].items()}
+        self._bounds = {v: tuple(d["bounds"]) for v, d in data["views"].items()}
+        self.views: tuple[str, ...] = tuple(v for v in VIEWS if v in self._outlines)
+        self.muscles: tuple[str, ...] = tuple(dict.fromkeys(r.muscle for r in regions))
+        self._names = {r.muscle: r.name for r in regions}
+        self._indexes: dict[tuple[str, str], _LayerIndex] = {}
+        self._merged: dict[str, tuple[_LayerIndex, _LayerIndex, np.ndarray, array]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Atlas {self.version}: {len(self.regions)} regions in {len(self.views)} views>"
+
+    # -------------------------------------------------------------- lookup
+    def outline(self, view: str) -> BaseGeometry:
+        """The body silhouette of ``view`` (a Polygon or MultiPolygon)."""
+        return self._outlines[self._check_view(view)]
+
+    def bounds(self, view: str) -> tuple[float, float, float, float]:
+        """``(xmin, ymin, xmax, ymax)`` of the silhouette of ``view``, in centimetres."""
+        return self._bounds[self._check_view(view)]  # type: ignore[return-value]
+
+    def muscle_name(self, muscle: str) -> str:
+        """Display name of a muscle id, e.g. ``"vmo"`` -> ``"Vastus medialis obliquus"``."""
+        return self._names[muscle]
+
+    def regions_in(self, view: str, layer: str | None = None) -> list[Region]:
+        """Regions of one view (and layer, if given), in atlas order."""
+        self._check_view(view)
+        return [r for r in self.regions if r.view == view and layer in (None, r.layer)]
+
+    def region(self, view: str, muscle: str, side: str, layer: str | None = None) -> Region:
+        """The region of ``muscle`` on ``side`` in ``view``; KeyError if it is not drawn there."""
+        for r in self.regions_in(view, layer):
+            if r.muscle == muscle and r.side == side:
+                return r
+        raise KeyError(f"{muscle} ({side}) is not drawn on the {view} view")
+
+    def landmark(self, id: str, view: str, side: str) -> Landmark:
+        """One landmark by id, view and side; KeyError if it is not shown there."""
+        for lm in self.landmarks:
+            if (lm.id, lm.view, lm.side) == (id, view, side):
+                return lm
+        raise KeyError(f"landmark {id} ({side}) is not shown on the {view} view")
+
+    def _check_view(self, view: str) -> str:
+        if view not in self._outlines:
+            raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+        return view
+
+    def _index(self, view: str, layer: str) -> _LayerIndex:
+        key = (view, layer)
+        idx = self._indexes.get(key)
+        if idx is None:
+            if layer not in LAYERS:
+                raise ValueError(f"unknown layer {layer!r}; choose superficial or deep")
+            idx = _LayerIndex(self.regions_in(view, layer), self.bounds(view))
+            self._indexes[key] = idx
+        return idx
+
+    def _both(self, view: str) -> tuple[_LayerIndex, _LayerIndex, np.ndarray, array]:
+        """Indexes of both layers and a merged raster answering "superficial, else deep".
+
+        Cells settled in both layers carry the answer; the rest carry ``_DEFER`` and go
+        through the superficial index and then, if they miss, the deep one.
+        """
+        both = self._merged.get(view)
+        if both is None:
+            sup, deep = self._index(view, "superficial"), self._index(view, "deep")
+            merged = np.where(sup.labels >= 0, sup.labels, deep.labels)
+            unsettled = (sup.labels < _EMPTY) | ((sup.labels == _EMPTY) & (deep.labels < _EMPTY))
+            merged[unsettled] = _DEFER
+            both = (sup, deep, merged, array("i", merged.tolist()))
+            self._merged[view] = both
+        return both
+
+    # -------------------------------------------------------------- hit testing
+    def region_at(self, view: str, x: float, y: float, layer: str | None = None) -> Region | None:
+        """The region under one tap, or None off every muscle.
+
+        Parameters
+        ----------
+        view : str
+            One of :data:`VIEWS`.
+        x, y : float
+            Diagram coordinates in centimetres.
+        layer : {"superficial", "deep"}, optional
+            Look in one layer only; by default the superficial region, else the deep one.
+
+        Notes
+        -----
+        A point on a region's edge belongs to it; on an edge shared by two regions, to the
+        one that comes first in atlas order. :meth:`classify` gives the same answers.
+        """
+        self._check_view(view)
+        if layer is not None:
+            k = self._index(view, layer).locate(x, y)
+            return self.regions[k] if k >= 0 else None
+        sup, deep, _, merged = self._both(view)
+        fx = (x - sup.x0) * sup.inv
+        fy = (y - sup.y0) * sup.inv
+        if not (0.0 <= fx < sup.nx and 0.0 <= fy < sup.ny):
+            return None  # also NaN
+        k = merged[int(fy) * sup.nx + int(fx)]
+        if k == _DEFER:
+            k = sup.locate(x, y)
+            if k < 0:
+                k = deep.locate(x, y)
+        return self.regions[k] if k >= 0 else None
+
+    def classify(
+        self, view: str, xs: Iterable[float], ys: Iterable[float], layer: str | None = None
+    ) -> np.ndarray:
+        """Exact, vectorised :meth:`region_at` for many points.
+
+        Returns
+        -------
+        numpy.ndarray of int32
+            For each point the index into :attr:`regions`, or -1 off every muscle.
+
+        Examples
+        --------
+        >>> atlas = load_atlas()
+        >>> idx = atlas.classify("anterior", [5.0, 30.0], [59.0, 59.0])
+        >>> [atlas.regions[i].muscle if i >= 0 else None for i in idx]
+        ['vmo', None]
+        """
+        xs = np.asarray(xs, dtype=np.float64).ravel()
+        ys = np.asarray(ys, dtype=np.float64).ravel()
+        if xs.shape != ys.shape:
+            raise ValueError("xs and ys must have the same length")
+        self._check_view(view)
+        if layer is not None:
+            return self._index(view, layer).locate_many(xs, ys)
+        sup, deep, merged, _ = self._both(view)
+        cell = sup.cells(xs, ys)
+        out = merged[cell]
+        todo = np.flatnonzero(out == _DEFER)
+        if len(todo):
+            px, py, pc = xs[todo], ys[todo], cell[todo]
+            res = sup.locate_many(px, py, pc)
+            miss = res < 0
+            if miss.any():
+                res[miss] = deep.locate_many(px[miss], py[miss], pc[miss])
+            out[todo] = res
+        return out
+
+    def mirror(self, view: str, x: float, y: float) -> tuple[str, float, float]:
+        """Mirror a diagram position to the other side of the body.
+
+        Anterior and posterior positions flip x about the midline; lateral positions move
+        to the other lateral view, which is the exact mirror image.
+        """
+        return mirror_view(self._check_view(view)), -x, y
+
+
+@cache
+def load_atlas(path: str | None = None) -> Atlas:
+    """Load the body atlas (cached).
+
+    Parameters
+    ----------
+    path : str, optional
+        A JSON file written by ``tpmap atlas --build``; by default the packaged atlas.
+
+    Examples
+    --------
+    >>> atlas = load_atlas()
+    >>> sorted(atlas.views)
+    ['anterior', 'lateral_left', 'lateral_right', 'posterior']
+    """
+    file = Path(path) if path else assets_dir() / "atlas.json"
+    return Atlas(json.loads(file.read_text()))
