@@ -287,7 +287,7 @@ def test_lateral_relations(atlas):
 
 def test_taps_outside_the_body_return_nothing(atlas):
     for view in VIEWS:
-        xmin, ymin, xmax, ymax = atlas.bounds(view)
+        xmin, _, xmax, ymax = atlas.bounds(view)
         for x, y in [(xmax + 1, 60), (xmin - 5, 60), (0, ymax + 3), (0, -10), (1e9, 1e9)]:
             assert atlas.region_at(view, x, y) is None
         assert atlas.region_at(view, float("nan"), 50.0) is None
@@ -325,7 +325,7 @@ def _edge_points(atlas, view):
     pts = np.vstack([shapely.get_coordinates(r.polygon) for r in atlas.regions_in(view)])
     mid = (pts[:-1] + pts[1:]) / 2
     eps = np.array([0.0, 1e-13, -1e-13, 1e-9, -1e-6, 1e-3])
-    near = np.vstack([pts + e for e in eps] + [mid + [e, -e] for e in eps])
+    near = np.vstack([pts + e for e in eps] + [mid + np.array([e, -e]) for e in eps])
     return near[:, 0].copy(), near[:, 1].copy()
 
 
