@@ -256,6 +256,7 @@ def build_atlas(source: Path | None = None) -> dict[str, Any]:
                     {
                         "muscle": s["muscle"],
                         "name": meta["name"],
+                        "short": meta.get("short", meta["name"]),
                         "side": pl.side,
                         "view": pl.view,
                         "layer": layer,

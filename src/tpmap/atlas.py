@@ -88,6 +88,7 @@ class Region:
     parent: str | None = None
     uberon: str | None = None
     fma: str | None = None
+    short: str = ""
 
     @property
     def label(self) -> str:
@@ -372,6 +373,7 @@ class Atlas:
                     parent=r.get("parent"),
                     uberon=r.get("uberon"),
                     fma=r.get("fma"),
+                    short=r.get("short", r["name"]),
                 )
             )
         self.regions: tuple[Region, ...] = tuple(regions)

@@ -1,0 +1,1 @@
+"""Bokeh documents, one ``make_document`` per page."""

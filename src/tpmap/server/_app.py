@@ -1,0 +1,120 @@
+"""Build a `bokeh.server.server.Server` serving tpmap's pages.
+
+Each page is a `make_document(doc, **context)` function wrapped in a Bokeh Application;
+nothing is created at import time, and the only state shared between documents is the
+store (the database) and the atlas (read-only).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from bokeh.application import Application
+from bokeh.application.handlers.function import FunctionHandler
+from bokeh.server.server import Server
+from tornado.web import RedirectHandler
+
+from tpmap.atlas import load_atlas
+
+log = logging.getLogger("tpmap.server")
+
+__all__ = ["Settings", "build_server", "run"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a running tpmap needs to know, in one place.
+
+    Attributes
+    ----------
+    database_url : str or None
+        SQLAlchemy URL; None means the default SQLite file in the user's data directory.
+    host, port : str, int
+        Where to listen. Port 0 picks a free port.
+    user : str
+        Recorded as the creator of marks (until sign-in arrives).
+    min_patients : int
+        Small-cell suppression threshold of research outputs.
+    """
+
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 5006
+    user: str = "clinician"
+    min_patients: int = 5
+    extra_origins: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _pages() -> dict[str, Callable[..., None]]:
+    # Imported here so that importing tpmap.server does not pull in every page.
+    from tpmap.apps import diagram
+
+    pages: dict[str, Callable[..., None]] = {"/atlas": diagram.make_document}
+    try:
+        from tpmap.apps import annotate
+
+        pages["/annotate"] = annotate.make_document
+    except ImportError:  # pragma: no cover - page not built yet
+        pass
+    try:
+        from tpmap.apps import explore
+
+        pages["/explore"] = explore.make_document
+    except ImportError:  # pragma: no cover - page not built yet
+        pass
+    return pages
+
+
+def build_server(settings: Settings, *, store: Any = None, **server_kwargs: Any) -> Server:
+    """Create (but do not start) the Bokeh server for ``settings``.
+
+    Parameters
+    ----------
+    settings : Settings
+    store : tpmap.store.Store, optional
+        An open store; by default one is opened on ``settings.database_url``.
+    **server_kwargs
+        Passed to `bokeh.server.server.Server` (e.g. ``io_loop``).
+    """
+    atlas = load_atlas()
+    if store is None:
+        try:
+            from tpmap.store import open_store
+        except ImportError:  # pragma: no cover - store not built yet
+            store = None
+        else:
+            store = open_store(settings.database_url)
+    context = {"atlas": atlas, "store": store, "settings": settings}
+    apps = {
+        path: Application(FunctionHandler(partial(make, **context)))
+        for path, make in _pages().items()
+    }
+    root = "/annotate" if "/annotate" in apps else "/atlas"
+    origins = [f"{h}:{settings.port}" for h in {settings.host, "localhost", "127.0.0.1"}]
+    server = Server(
+        apps,
+        address=settings.host,
+        port=settings.port,
+        allow_websocket_origin=[*origins, *settings.extra_origins] if settings.port else ["*"],
+        extra_patterns=[(r"/", RedirectHandler, {"url": root})],
+        **server_kwargs,
+    )
+    return server
+
+
+def run(settings: Settings, *, store: Any = None, on_ready: Callable[[str], None] | None = None):
+    """Start the server and block until interrupted."""
+    server = build_server(settings, store=store)
+    server.start()
+    url = f"http://{settings.host}:{server.port}/"
+    (on_ready or print)(f"tpmap is serving at {url}  (Ctrl+C to stop)")
+    try:
+        server.io_loop.start()
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        pass
+    finally:
+        server.stop()
