@@ -47,11 +47,6 @@ def make_document(doc: Document, *, atlas: Atlas | None = None, **_: object) -> 
                     r.visible = r.name == ("muscles-deep" if new == 1 else "muscles-superficial")
 
     for v, fig in figures.items():
-        fig.renderers = [r for r in fig.renderers if r.name != "muscles"]
-        replacement = atlas_figure(atlas, v, layer=lay, height=680)
-        fig.renderers.extend(r for r in replacement.renderers if r.name == "muscles")
-
-    for v, fig in figures.items():
         fig.on_event(Tap, lambda e, v=v: on_tap(v, e))
         fig.on_event(DoubleTap, lambda e, v=v: on_tap(v, e))
     switch.on_change("active", lambda _a, _o, new: show(new))
