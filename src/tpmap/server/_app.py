@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from bokeh.application import Application
@@ -69,6 +68,14 @@ def _pages() -> dict[str, Callable[..., None]]:
     return pages
 
 
+def _page(make: Callable[..., None], context: dict[str, Any]) -> Callable[[Any], None]:
+    # Bokeh wants a handler of exactly one argument, the document.
+    def handler(doc: Any) -> None:
+        make(doc, **context)
+
+    return handler
+
+
 def build_server(settings: Settings, *, store: Any = None, **server_kwargs: Any) -> Server:
     """Create (but do not start) the Bokeh server for ``settings``.
 
@@ -90,8 +97,7 @@ def build_server(settings: Settings, *, store: Any = None, **server_kwargs: Any)
             store = open_store(settings.database_url)
     context = {"atlas": atlas, "store": store, "settings": settings}
     apps = {
-        path: Application(FunctionHandler(partial(make, **context)))
-        for path, make in _pages().items()
+        path: Application(FunctionHandler(_page(make, context))) for path, make in _pages().items()
     }
     root = "/annotate" if "/annotate" in apps else "/atlas"
     origins = [f"{h}:{settings.port}" for h in {settings.host, "localhost", "127.0.0.1"}]

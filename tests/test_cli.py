@@ -1,0 +1,54 @@
+"""The tpmap command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tpmap.cli import build_parser, main
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tpmap", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_help_explains_each_subcommand():
+    out = run("--help").stdout
+    for cmd in ("serve", "demo", "atlas"):
+        assert cmd in out
+    sub = run("atlas", "--help").stdout
+    assert "--out" in sub and "--build" in sub
+
+
+def test_default_command_is_serve():
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--port", "0"])
+    assert args.command == "serve"
+
+
+def test_atlas_html_export(tmp_path):
+    out = tmp_path / "atlas.html"
+    assert main(["atlas", "--out", str(out)]) == 0
+    html = out.read_text()
+    assert "Gastroc. med." in html and "Bokeh" in html
+
+
+def test_atlas_png_export(tmp_path):
+    if not shutil.which("chromedriver"):
+        if os.environ.get("TPMAP_REQUIRE_BROWSER") == "1":
+            pytest.fail("PNG export needs chromium-driver, which CI installs")
+        pytest.skip("needs chromium-driver")
+    out = tmp_path / "atlas.png"
+    assert main(["atlas", "--out", str(out), "--height", "300"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_atlas_needs_an_output(capsys):
+    assert main(["atlas"]) == 2
+    assert "--out" in capsys.readouterr().err
