@@ -10,8 +10,13 @@ _SCREEN = """([name, x, y]) => {
   return [r.left + v.frame.x_scale.compute(x), r.top + v.frame.y_scale.compute(y)];
 }"""
 _MODEL = """([name, attr]) => {
-  const v = [...Bokeh.index.all_views()].find(v => v.model.name === name);
-  return v ? v.model[attr] : null;
+  const m = Bokeh.documents[0].get_model_by_name(name);
+  return m ? m[attr] : null;
+}"""
+_COLUMN = """([name, col]) => {
+  const d = Bokeh.documents[0].get_model_by_name(name).data;
+  const v = d instanceof Map ? d.get(col) : d[col];
+  return Array.from(v ?? []);
 }"""
 
 
@@ -37,3 +42,8 @@ def tap(page: Any, figure: str, x: float, y: float) -> None:
 def model_attr(page: Any, name: str, attr: str) -> Any:
     """An attribute of the Bokeh model named ``name`` as the browser sees it."""
     return page.evaluate(_MODEL, [name, attr])
+
+
+def column(page: Any, source: str, col: str) -> list[Any]:
+    """One column of the ColumnDataSource named ``source`` as the browser holds it."""
+    return page.evaluate(_COLUMN, [source, col])

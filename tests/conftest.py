@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# The database fixtures (`store`, `store_url`): SQLite always, PostgreSQL when configured.
+pytest_plugins = ["store_fixtures"]
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 REQUIRE_BROWSER = os.environ.get("TPMAP_REQUIRE_BROWSER") == "1"
 

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tpmap.model import CONDITIONS, SEXES, TECHNIQUES, VIEWS
+
 __all__ = ["main"]
 
 DB_HELP = (
@@ -39,14 +41,15 @@ def _ensure_demo(url: str | None, *, seed: int):
     from tpmap.store import open_store
 
     store = open_store(url)
-    if store.count_patients() == 0:
+    if store.counts()["patients"] == 0:
         from tpmap.demo import generate_demo
 
         print("No patients in the database yet: building the demo cohort ...", flush=True)
         summary = generate_demo(store, seed=seed)
         print(f"Demo cohort ready: {summary}", flush=True)
     else:
-        print(f"Using the existing database ({store.count_patients()} patients).", flush=True)
+        n = store.counts()["patients"]
+        print(f"Using the existing database ({n} patients).", flush=True)
     return store
 
 
@@ -55,7 +58,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tpmap.store import open_store
 
     store = open_store(_db(args))
-    if store.count_patients() and not args.force:
+    if store.counts()["patients"] and not args.force:
         print(
             "The database already holds patients; use --force to add the demo cohort anyway.",
             file=sys.stderr,
@@ -85,6 +88,63 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     load_atlas.cache_clear()
     out = export(atlas_overview(load_atlas(), height=args.height), args.out, title="tpmap atlas")
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_heatmap(args: argparse.Namespace) -> int:
+    from tpmap import research
+    from tpmap.atlas import load_atlas
+    from tpmap.plotting import density_map, export, muscle_map
+
+    atlas = load_atlas()
+    data = research.load_dataset(_db(args))
+    filters = research.Filters(
+        conditions=args.condition or None,
+        sexes=args.sex or None,
+        techniques=args.technique or None,
+        date_from=args.date_from,
+        date_to=args.date_to,
+    )
+    cohort, marks = filters.apply(data.cohort, data.marks)
+    if args.fold:
+        marks = research.fold_to_affected_side(marks, cohort)
+    n = int(cohort["patient_id"].nunique())
+    if n == 0:
+        print("No patients match these filters: nothing to draw.", file=sys.stderr)
+        return 1
+    in_view = marks.loc[((marks["view"] == args.view) & (marks["layer"] == args.layer)).to_numpy()]
+    what = ", ".join(args.condition) if args.condition else "all conditions"
+    if args.mode == "density":
+        grid = research.density_grid(
+            in_view,
+            args.view,
+            bounds=atlas.bounds(args.view),
+            mask=atlas.outline(args.view),
+            weighting=args.weighting,
+            min_patients=args.min_patients,
+        )
+        fig = density_map(
+            atlas,
+            args.view,
+            grid,
+            n_cohort=n,
+            layer=args.layer,
+            toolbar=False,
+            title=f"{args.view.replace('_', ' ').capitalize()}: {what} (n = {n})",
+        )
+    else:
+        table = research.muscle_table(marks, cohort, min_patients=args.min_patients)
+        fig = muscle_map(
+            atlas,
+            args.view,
+            table,
+            layer=args.layer,
+            toolbar=False,
+            colour_title=f"% of {n} patients with a mark",
+            title=f"{args.view.replace('_', ' ').capitalize()}: {what} (n = {n})",
+        )
+    out = export(fig, args.out, title="tpmap heatmap")
+    print(f"wrote {out} ({n} patients, {len(in_view)} marks on this view)")
     return 0
 
 
@@ -145,6 +205,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--build", action="store_true", help="rebuild the geometry from its source first"
     )
     atlas.set_defaults(func=cmd_atlas)
+
+    heat = sub.add_parser(
+        "heatmap",
+        help="draw a research heatmap to a file (for figures in batch)",
+        description=(
+            "Draw where patients were needled, across the cohort, as a figure: .png and .svg "
+            "through Bokeh's export with Debian's Chromium, or .html. Muscles and spots backed "
+            "by fewer than --min-patients patients are not shown."
+        ),
+    )
+    heat.add_argument("--db", help=DB_HELP)
+    heat.add_argument("--view", default="posterior", choices=VIEWS, help="diagram view")
+    heat.add_argument("--layer", default="superficial", choices=("superficial", "deep"))
+    heat.add_argument(
+        "--mode",
+        default="density",
+        choices=("density", "muscles"),
+        help="smoothed density, or per-muscle percentage of patients",
+    )
+    heat.add_argument(
+        "--weighting",
+        default="patient_cell",
+        choices=("patient_cell", "patient_normalised", "marks"),
+        help="density weighting: each patient once per spot (default), each patient's marks "
+        "summing to one, or every mark",
+    )
+    heat.add_argument("--condition", action="append", choices=CONDITIONS, help="repeat for several")
+    heat.add_argument("--sex", action="append", choices=SEXES)
+    heat.add_argument("--technique", action="append", choices=TECHNIQUES)
+    heat.add_argument("--from", dest="date_from", help="first session date (YYYY-MM-DD)")
+    heat.add_argument("--to", dest="date_to", help="last session date (YYYY-MM-DD)")
+    heat.add_argument(
+        "--fold", action="store_true", help="mirror marks so every affected knee is on the right"
+    )
+    heat.add_argument("--min-patients", type=int, default=5, help="small-cell threshold k")
+    heat.add_argument("--out", type=Path, required=True, help="output: .png, .svg or .html")
+    heat.set_defaults(func=cmd_heatmap)
     return parser
 
 

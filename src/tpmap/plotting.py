@@ -19,7 +19,15 @@ from typing import Any
 
 import numpy as np
 from bokeh.layouts import row
-from bokeh.models import ColumnDataSource, HoverTool, LayoutDOM
+from bokeh.models import (
+    BasicTicker,
+    ColorBar,
+    ColumnDataSource,
+    HoverTool,
+    LayoutDOM,
+    LinearColorMapper,
+)
+from bokeh.palettes import RdBu11, interp_palette
 from bokeh.plotting import figure
 from shapely.ops import polylabel
 
@@ -30,7 +38,10 @@ __all__ = [
     "VIEW_TITLES",
     "atlas_figure",
     "atlas_overview",
+    "density_map",
+    "difference_map",
     "export",
+    "muscle_map",
     "region_source_data",
 ]
 
@@ -213,6 +224,270 @@ def atlas_figure(
             )
         )
     return fig
+
+
+# A sequential palette from near-white to deep red (colour-blind safe, prints in grey), and a
+# diverging blue-white-red one for group differences (blue: more in B, red: more in A).
+SEQUENTIAL = interp_palette(("#fff5eb", "#fdae6b", "#e6550d", "#7f2704"), 256)
+DIVERGING = interp_palette(RdBu11, 255)  # low (B larger) blue, high (A larger) red
+NOT_SHOWN = "#d9d9d9"
+
+
+def _colour_bar(mapper: LinearColorMapper, title: str) -> ColorBar:
+    return ColorBar(
+        color_mapper=mapper,
+        ticker=BasicTicker(desired_num_ticks=6),
+        title=title,
+        title_text_font_size="11px",
+        title_text_font_style="normal",
+        major_label_text_font_size="11px",
+        location=(0, 0),
+        width=12,
+        padding=6,
+        name="colour-bar",
+    )
+
+
+def _blank_figure(atlas: Atlas, view: str, *, height: int, title: str, toolbar: bool) -> figure:
+    """The outline only (no muscles), sized like :func:`atlas_figure`."""
+    fig = atlas_figure(atlas, view, height=height, toolbar=toolbar, hover=False, title=title)
+    fig.renderers = [r for r in fig.renderers if not (r.name or "").startswith("muscles-")]
+    return fig
+
+
+def muscle_map(
+    atlas: Atlas,
+    view: str,
+    table: Any,
+    *,
+    layer: str = "superficial",
+    value: str = "pct",
+    diverging: bool = False,
+    title: str | None = None,
+    colour_title: str | None = None,
+    height: int = 640,
+    toolbar: bool = True,
+) -> figure:
+    """Colour each muscle by a per-muscle statistic (e.g. the percentage of patients).
+
+    Parameters
+    ----------
+    atlas : Atlas
+    view : str
+    table : pandas.DataFrame
+        One row per ``muscle`` and ``side`` (as from :func:`tpmap.research.muscle_table` or
+        :func:`tpmap.research.compare_groups`); ``value`` names the column to colour by.
+        Muscles missing from the table (suppressed or never marked) are drawn grey.
+    layer : {"superficial", "deep"}
+    diverging : bool
+        Use a blue-white-red scale centred on zero (for group differences).
+    colour_title : str, optional
+        Title of the colour bar; say what the colour means and how many patients it covers.
+    """
+    fig = _blank_figure(
+        atlas, view, height=height, title=title or VIEW_TITLES[view], toolbar=toolbar
+    )
+    regions = atlas.regions_in(view, layer)
+    data = region_source_data(regions)
+    rows = {}
+    if table is not None and len(table):
+        has_side = "side" in table.columns
+        for rec in table.to_dict("records"):
+            rows[(rec["muscle"], rec["side"] if has_side else None)] = rec
+    cols = (
+        "n_patients",
+        "n_cohort",
+        "pct",
+        "ci_low",
+        "ci_high",
+        "a",
+        "n_a",
+        "b",
+        "n_b",
+        "pct_a",
+        "pct_b",
+        "diff",
+        "diff_low",
+        "diff_high",
+        "q",
+    )
+    values = []
+    extra: dict[str, list[Any]] = {c: [] for c in cols}
+    for r in regions:
+        rec = rows.get((r.muscle, r.side)) or rows.get((r.muscle, None))
+        values.append(np.nan if rec is None else float(rec[value]))
+        for c in cols:
+            extra[c].append(np.nan if rec is None or c not in rec else rec[c])
+    data["value"] = values
+    data.update(extra)
+    finite = [v for v in values if np.isfinite(v)]
+    if diverging:
+        top = max([abs(v) for v in finite] or [1.0])
+        mapper = LinearColorMapper(palette=DIVERGING, low=-top, high=top, nan_color=NOT_SHOWN)
+    else:
+        mapper = LinearColorMapper(
+            palette=SEQUENTIAL, low=0, high=max(finite or [1.0]), nan_color=NOT_SHOWN
+        )
+    source = ColumnDataSource(data, name="map-source")
+    patches = fig.patches(
+        "xs",
+        "ys",
+        source=source,
+        fill_color={"field": "value", "transform": mapper},
+        line_color="#4d4d4d",
+        line_width=0.7,
+        hover_line_width=2.2,
+        hover_line_color="#000000",
+        name="muscle-map",
+    )
+    # Landmarks back on top of the coloured muscles.
+    fig.renderers = [r for r in fig.renderers if r is not patches] + [patches]
+    _draw_landmarks(fig, atlas, view)
+    if diverging:
+        tips = [
+            ("Muscle", "@name"),
+            ("A", "@a of @n_a (@pct_a{0.0} %)"),
+            ("B", "@b of @n_b (@pct_b{0.0} %)"),
+            ("A - B", "@diff{+0.0} points (95 % CI @diff_low{+0.0} to @diff_high{+0.0})"),
+            ("q (BH)", "@q{0.000}"),
+        ]
+    else:
+        tips = [
+            ("Muscle", "@name"),
+            ("Patients", "@n_patients of @n_cohort"),
+            ("Share", "@pct{0.0} % (95 % CI @ci_low{0.0} to @ci_high{0.0})"),
+        ]
+    fig.add_tools(HoverTool(renderers=[patches], tooltips=tips, point_policy="follow_mouse"))
+    fig.add_layout(_colour_bar(mapper, colour_title or value), "right")
+    fig.width += 110
+    return fig
+
+
+def _image_map(
+    atlas: Atlas,
+    view: str,
+    grid: Any,
+    values: np.ndarray,
+    *,
+    diverging: bool,
+    title: str | None,
+    colour_title: str,
+    height: int,
+    toolbar: bool,
+    layer: str,
+) -> figure:
+    fig = _blank_figure(
+        atlas, view, height=height, title=title or VIEW_TITLES[view], toolbar=toolbar
+    )
+    finite = values[np.isfinite(values)]
+    if diverging:
+        top = float(np.abs(finite).max()) if finite.size else 1.0
+        mapper = LinearColorMapper(palette=DIVERGING, low=-top, high=top, nan_color=(0, 0, 0, 0))
+    else:
+        top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        mapper = LinearColorMapper(palette=SEQUENTIAL, low=0, high=top, nan_color=(0, 0, 0, 0))
+    x0, y0, x1, y1 = grid.spec.extent
+    img = fig.image(
+        image=[values],
+        x=x0,
+        y=y0,
+        dw=x1 - x0,
+        dh=y1 - y0,
+        color_mapper=mapper,
+        name="density-image",
+    )
+    # Muscle outlines on top, unfilled, so the reader can tell where the heat lies.
+    outline_source = ColumnDataSource(region_source_data(atlas.regions_in(view, layer)))
+    outlines = fig.patches(
+        "xs",
+        "ys",
+        source=outline_source,
+        fill_alpha=0.0,
+        line_color="#5a5a5a",
+        line_width=0.6,
+        line_alpha=0.7,
+        hover_line_width=2,
+        hover_line_color="black",
+        name="muscle-outlines",
+    )
+    _draw_landmarks(fig, atlas, view)
+    fig.add_tools(
+        HoverTool(renderers=[img], tooltips=[("Value", "@image{0.00}")]),
+        HoverTool(renderers=[outlines], tooltips=[("Muscle", "@name")]),
+    )
+    fig.add_layout(_colour_bar(mapper, colour_title), "right")
+    fig.width += 110
+    return fig
+
+
+def density_map(
+    atlas: Atlas,
+    view: str,
+    grid: Any,
+    *,
+    n_cohort: int | None = None,
+    layer: str = "superficial",
+    title: str | None = None,
+    height: int = 640,
+    toolbar: bool = True,
+) -> figure:
+    """A heatmap of a :class:`tpmap.research.DensityGrid` over the body outline.
+
+    Values are shown per square centimetre; with a cohort size, patient weightings are
+    shown as a percentage of the cohort's patients per cm2.
+    """
+    per_cm2 = grid.values / grid.spec.cell**2
+    if grid.weighting == "marks" or not n_cohort:
+        unit = {"marks": "marks", "patient_cell": "patients", "patient_normalised": "patients"}
+        values, label = per_cm2, f"{unit[grid.weighting]} per cm²"
+    else:
+        values, label = 100.0 * per_cm2 / n_cohort, f"% of {n_cohort} patients per cm²"
+    return _image_map(
+        atlas,
+        view,
+        grid,
+        values,
+        diverging=False,
+        title=title,
+        colour_title=label,
+        height=height,
+        toolbar=toolbar,
+        layer=layer,
+    )
+
+
+def difference_map(
+    atlas: Atlas,
+    view: str,
+    diff: Any,
+    *,
+    labels: tuple[str, str] = ("A", "B"),
+    layer: str = "superficial",
+    title: str | None = None,
+    height: int = 640,
+    toolbar: bool = True,
+) -> figure:
+    """A diverging map of a :class:`tpmap.research.DifferenceGrid` (A minus B).
+
+    Red: a larger share of group A's patients was needled there; blue: of group B's.
+    """
+    values = diff.values / diff.spec.cell**2
+    label = (
+        f"{labels[0]} (n={diff.n_cohort_a}) minus {labels[1]} (n={diff.n_cohort_b}), "
+        "% of patients per cm²"
+    )
+    return _image_map(
+        atlas,
+        view,
+        diff,
+        values,
+        diverging=True,
+        title=title,
+        colour_title=label,
+        height=height,
+        toolbar=toolbar,
+        layer=layer,
+    )
 
 
 def _draw_landmarks(fig: figure, atlas: Atlas, view: str) -> None:

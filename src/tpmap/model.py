@@ -1,0 +1,994 @@
+"""The domain vocabulary of tpmap and the validation of everything a user can type.
+
+Pure standard library: the web page, the CLI, CSV imports and the store all validate through
+these functions, so a clinician sees the same message wherever a value is rejected.
+
+Validators take a mapping of raw values (as they come from a form or a CSV cell: ``"3"``,
+``""``, ``" yes "``) and return a new dict of cleaned, typed values, or raise
+:class:`ValidationError` carrying one message per offending field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "ADVERSE_EVENT_TYPES",
+    "ADVERSE_EVENT_TYPE_LABELS",
+    "AFFECTED_SIDES",
+    "CONDITIONS",
+    "CONDITION_LABELS",
+    "ELECTRICAL_TECHNIQUES",
+    "ESTIM_FIELDS",
+    "FIELD_LABELS",
+    "FIELD_UNITS",
+    "LAYERS",
+    "LTR_GRADES",
+    "MARK_DETAIL_FIELDS",
+    "MAX_NOTE_LENGTH",
+    "OUTCOME_INSTRUMENTS",
+    "SESSION_FIELDS",
+    "SEVERITIES",
+    "SEXES",
+    "SIDES",
+    "TECHNIQUES",
+    "TECHNIQUE_LABELS",
+    "TP_STATUSES",
+    "VIEWS",
+    "AdverseEventInput",
+    "AdverseEventType",
+    "AffectedSide",
+    "Condition",
+    "Direction",
+    "EpisodeInput",
+    "Instrument",
+    "Layer",
+    "LtrGrade",
+    "MarkInput",
+    "OutcomeInput",
+    "PatientInput",
+    "PressurePainThresholdInput",
+    "SessionInput",
+    "Severity",
+    "Sex",
+    "Side",
+    "Technique",
+    "TpStatus",
+    "ValidationError",
+    "View",
+    "coerce_bool",
+    "coerce_float",
+    "coerce_int",
+    "fields_for_technique",
+    "is_electrical",
+    "kg_cm2_to_kpa",
+    "kpa_to_kg_cm2",
+    "validate_adverse_event_fields",
+    "validate_episode_fields",
+    "validate_mark_fields",
+    "validate_outcome_fields",
+    "validate_patient_fields",
+    "validate_ppt_fields",
+    "validate_session_fields",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary. The string values are stable ids stored in the database: never rename them.
+# --------------------------------------------------------------------------------------------
+
+
+class Sex(StrEnum):
+    """Sex recorded for a patient."""
+
+    FEMALE = "female"
+    MALE = "male"
+    OTHER = "other"
+    UNKNOWN = "unknown"
+
+
+class Condition(StrEnum):
+    """The knee condition an episode of care is for."""
+
+    PATELLOFEMORAL_PAIN = "patellofemoral_pain"
+    KNEE_OSTEOARTHRITIS = "knee_osteoarthritis"
+    LATERAL_KNEE_PAIN = "lateral_knee_pain"
+    TOTAL_KNEE_ARTHROPLASTY = "total_knee_arthroplasty"
+    OTHER = "other"
+
+
+class Side(StrEnum):
+    """Anatomical side (the patient's)."""
+
+    LEFT = "left"
+    RIGHT = "right"
+
+
+class AffectedSide(StrEnum):
+    """Side of the painful knee for an episode."""
+
+    LEFT = "left"
+    RIGHT = "right"
+    BOTH = "both"
+
+
+class View(StrEnum):
+    """Diagram view a mark was placed on."""
+
+    ANTERIOR = "anterior"
+    POSTERIOR = "posterior"
+    LATERAL_LEFT = "lateral_left"
+    LATERAL_RIGHT = "lateral_right"
+
+
+class Layer(StrEnum):
+    """Muscle layer: what the diagram shows on top, or underneath."""
+
+    SUPERFICIAL = "superficial"
+    DEEP = "deep"
+
+
+class Technique(StrEnum):
+    """Needling technique (STRICTA item)."""
+
+    STATIC = "static"
+    PISTONING = "pistoning"
+    ELECTRICAL = "electrical"
+    PERIOSTEAL_ELECTRICAL = "periosteal_electrical"
+
+
+class LtrGrade(StrEnum):
+    """Strength of the local twitch response."""
+
+    NONE = "none"
+    WEAK = "weak"
+    MEDIUM = "medium"
+    STRONG = "strong"
+
+
+class TpStatus(StrEnum):
+    """Whether the trigger point was active (reproduced the complaint) or latent."""
+
+    ACTIVE = "active"
+    LATENT = "latent"
+
+
+class AdverseEventType(StrEnum):
+    """Adverse event after dry needling (after Brady 2014)."""
+
+    BRUISING = "bruising"
+    BLEEDING = "bleeding"
+    PAIN_DURING = "pain_during"
+    PAIN_AFTER = "pain_after"
+    AGGRAVATED_SYMPTOMS = "aggravated_symptoms"
+    DROWSINESS = "drowsiness"
+    HEADACHE = "headache"
+    NAUSEA = "nausea"
+    OTHER = "other"
+
+
+class Severity(StrEnum):
+    """Adverse event severity."""
+
+    MILD = "mild"
+    SIGNIFICANT = "significant"
+    SERIOUS = "serious"
+
+
+class Direction(StrEnum):
+    """Which way an outcome score improves."""
+
+    LOWER_IS_BETTER = "lower_is_better"
+    HIGHER_IS_BETTER = "higher_is_better"
+
+
+def _ids(enum: type[StrEnum]) -> tuple[str, ...]:
+    return tuple(member.value for member in enum)
+
+
+SEXES: tuple[str, ...] = _ids(Sex)
+CONDITIONS: tuple[str, ...] = _ids(Condition)
+SIDES: tuple[str, ...] = _ids(Side)
+AFFECTED_SIDES: tuple[str, ...] = _ids(AffectedSide)
+VIEWS: tuple[str, ...] = _ids(View)
+LAYERS: tuple[str, ...] = _ids(Layer)
+TECHNIQUES: tuple[str, ...] = _ids(Technique)
+LTR_GRADES: tuple[str, ...] = _ids(LtrGrade)
+TP_STATUSES: tuple[str, ...] = _ids(TpStatus)
+ADVERSE_EVENT_TYPES: tuple[str, ...] = _ids(AdverseEventType)
+SEVERITIES: tuple[str, ...] = _ids(Severity)
+
+CONDITION_LABELS: dict[str, str] = {
+    "patellofemoral_pain": "Patellofemoral pain",
+    "knee_osteoarthritis": "Knee osteoarthritis",
+    "lateral_knee_pain": "Lateral knee pain / ITB syndrome",
+    "total_knee_arthroplasty": "Before total knee arthroplasty",
+    "other": "Other",
+}
+TECHNIQUE_LABELS: dict[str, str] = {
+    "static": "Static",
+    "pistoning": "Pistoning (fast-in/fast-out)",
+    "electrical": "Electrical",
+    "periosteal_electrical": "Periosteal electrical",
+}
+ADVERSE_EVENT_TYPE_LABELS: dict[str, str] = {
+    "bruising": "Bruising",
+    "bleeding": "Bleeding",
+    "pain_during": "Pain during treatment",
+    "pain_after": "Pain after treatment",
+    "aggravated_symptoms": "Aggravated symptoms",
+    "drowsiness": "Drowsiness",
+    "headache": "Headache",
+    "nausea": "Nausea",
+    "other": "Other",
+}
+_VIEW_LABELS = {
+    "anterior": "Anterior",
+    "posterior": "Posterior",
+    "lateral_left": "Lateral (left)",
+    "lateral_right": "Lateral (right)",
+}
+
+ELECTRICAL_TECHNIQUES: frozenset[str] = frozenset({"electrical", "periosteal_electrical"})
+
+
+def is_electrical(technique: str | None) -> bool:
+    """Return True when ``technique`` delivers electrical stimulation."""
+    return technique in ELECTRICAL_TECHNIQUES
+
+
+# --------------------------------------------------------------------------------------------
+# Outcome instruments and their minimal clinically important differences (ANATOMY.md section 3)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """An outcome instrument: score range, direction of improvement and MCID."""
+
+    id: str
+    label: str
+    direction: Direction
+    mcid: float
+    minimum: float
+    maximum: float
+    integer: bool = False
+    unit: str = "points"
+
+    def improvement(self, baseline: float, follow_up: float) -> float:
+        """Change from ``baseline`` to ``follow_up``, positive when the patient got better."""
+        change = follow_up - baseline
+        return -change if self.direction is Direction.LOWER_IS_BETTER else change
+
+    def is_responder(self, baseline: float, follow_up: float) -> bool:
+        """True when the improvement reaches the minimal clinically important difference."""
+        # A small tolerance so that 12.5 recorded as 12.499999 from a float sum still counts.
+        return self.improvement(baseline, follow_up) >= self.mcid - 1e-9
+
+
+_LOWER = Direction.LOWER_IS_BETTER
+_HIGHER = Direction.HIGHER_IS_BETTER
+OUTCOME_INSTRUMENTS: dict[str, Instrument] = {
+    i.id: i
+    for i in (
+        Instrument("nprs", "NPRS", _LOWER, 2, 0, 10, integer=True),
+        Instrument("vas", "VAS", _LOWER, 2, 0, 10, unit="cm"),
+        Instrument("womac_function", "WOMAC physical function", _LOWER, 12.5, 0, 68),
+        Instrument("kujala", "Kujala", _HIGHER, 10, 0, 100),
+        Instrument("akps", "AKPS", _HIGHER, 10, 0, 100),
+        Instrument("lefs", "LEFS", _HIGHER, 9, 0, 80),
+        Instrument("koos_pain", "KOOS pain", _HIGHER, 15, 0, 100),
+        Instrument("koos_symptoms", "KOOS symptoms", _HIGHER, 12.5, 0, 100),
+        Instrument("koos_adl", "KOOS ADL", _HIGHER, 15.5, 0, 100),
+        Instrument("koos_sport", "KOOS sport/recreation", _HIGHER, 17.5, 0, 100),
+        Instrument("koos_qol", "KOOS quality of life", _HIGHER, 12.5, 0, 100),
+    )
+}
+
+_KPA_PER_KG_CM2 = 98.0665  # standard gravity: 1 kgf/cm2 = 98.0665 kPa
+
+
+def kpa_to_kg_cm2(kpa: float) -> float:
+    """Convert a pressure pain threshold from kPa to kg/cm2 (1 kg/cm2 is about 98.1 kPa)."""
+    return kpa / _KPA_PER_KG_CM2
+
+
+def kg_cm2_to_kpa(kg_cm2: float) -> float:
+    """Convert a pressure pain threshold from kg/cm2 to kPa."""
+    return kg_cm2 * _KPA_PER_KG_CM2
+
+
+# --------------------------------------------------------------------------------------------
+# Per-mark fields
+# --------------------------------------------------------------------------------------------
+
+MAX_NOTE_LENGTH = 2000
+
+ESTIM_FIELDS: tuple[str, ...] = ("estim_frequency_hz", "estim_intensity_ma", "estim_duration_min")
+
+#: The clinical details of a mark, in the order a form shows them.
+MARK_DETAIL_FIELDS: tuple[str, ...] = (
+    "technique",
+    "insertions",
+    "ltr_grade",
+    "ltr_count",
+    "depth_mm",
+    "needle_length_mm",
+    "needle_gauge_mm",
+    "retention_min",
+    *ESTIM_FIELDS,
+    "tp_status",
+    "referral_reproduced",
+    "note",
+)
+_MARK_POSITION_FIELDS = ("view", "x", "y", "muscle", "side", "layer", "atlas_version")
+_MARK_FIELDS = (*_MARK_POSITION_FIELDS, "muscle_overridden", *MARK_DETAIL_FIELDS)
+
+SESSION_FIELDS: tuple[str, ...] = ("date", "clinician", "nprs_before", "nprs_after", "note")
+
+FIELD_LABELS: dict[str, str] = {
+    "view": "View",
+    "x": "Position x",
+    "y": "Position y",
+    "muscle": "Muscle",
+    "side": "Side",
+    "layer": "Layer",
+    "atlas_version": "Atlas version",
+    "muscle_overridden": "Muscle overridden",
+    "technique": "Technique",
+    "insertions": "Insertions",
+    "ltr_grade": "Twitch response",
+    "ltr_count": "Twitch count",
+    "depth_mm": "Depth",
+    "needle_length_mm": "Needle length",
+    "needle_gauge_mm": "Needle diameter",
+    "retention_min": "Retention time",
+    "estim_frequency_hz": "Stimulation frequency",
+    "estim_intensity_ma": "Stimulation intensity",
+    "estim_duration_min": "Stimulation duration",
+    "tp_status": "Trigger point",
+    "referral_reproduced": "Referral reproduced",
+    "note": "Note",
+    "code": "Patient code",
+    "sex": "Sex",
+    "birth_year": "Birth year",
+    "condition": "Condition",
+    "affected_side": "Affected side",
+    "start_date": "Start date",
+    "symptom_duration_weeks": "Symptom duration",
+    "date": "Date",
+    "clinician": "Clinician",
+    "nprs_before": "NPRS before",
+    "nprs_after": "NPRS after",
+    "site": "Site",
+    "kg_cm2": "Pressure pain threshold",
+    "type": "Adverse event",
+    "severity": "Severity",
+    "instrument": "Instrument",
+    "score": "Score",
+}
+FIELD_UNITS: dict[str, str] = {
+    "depth_mm": "mm",
+    "needle_length_mm": "mm",
+    "needle_gauge_mm": "mm",
+    "retention_min": "min",
+    "estim_frequency_hz": "Hz",
+    "estim_intensity_ma": "mA",
+    "estim_duration_min": "min",
+    "kg_cm2": "kg/cm2",
+    "symptom_duration_weeks": "weeks",
+    "x": "cm",
+    "y": "cm",
+}
+
+
+def fields_for_technique(technique: str | None) -> tuple[str, ...]:
+    """Return the mark detail fields that apply to ``technique``, in form order.
+
+    Stimulation settings only apply to the electrical techniques; every other field applies
+    to all of them. ``None`` (technique not chosen yet) gives the non-electrical set.
+    """
+    if is_electrical(technique):
+        return MARK_DETAIL_FIELDS
+    return tuple(f for f in MARK_DETAIL_FIELDS if f not in ESTIM_FIELDS)
+
+
+# --------------------------------------------------------------------------------------------
+# Coercion of raw form/CSV values
+# --------------------------------------------------------------------------------------------
+
+
+class ValidationError(ValueError):
+    """Raised when input is rejected; ``errors`` maps each field to a message for the user."""
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        self.errors: dict[str, str] = dict(errors)
+        super().__init__("; ".join(self.errors.values()))
+
+
+class _FieldError(Exception):
+    """Internal: one field's message, collected by the validators into a ValidationError."""
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _parse_number(value: object) -> float:
+    if isinstance(value, bool):
+        # True is an int in Python, but a checkbox is not a count of insertions.
+        raise ValueError(value)
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        # Continental decimal comma ("12,5") from spreadsheets; no thousands separators here.
+        if text.count(",") == 1 and "." not in text:
+            text = text.replace(",", ".")
+        return float(text)
+    raise ValueError(value)
+
+
+def coerce_int(value: object, lo: int, hi: int, message: str) -> int | None:
+    """Coerce ``value`` to an int in ``[lo, hi]``; blank gives None; else raise ValueError(message).
+
+    Accepts ints, integral floats and strings such as ``" 3 "`` or ``"3.0"``.
+    """
+    if _blank(value):
+        return None
+    try:
+        number = _parse_number(value)
+    except (ValueError, OverflowError):
+        raise ValueError(message) from None
+    if not math.isfinite(number) or number != int(number) or not lo <= number <= hi:
+        raise ValueError(message)
+    return int(number)
+
+
+def coerce_float(value: object, lo: float, hi: float, message: str) -> float | None:
+    """Coerce ``value`` to a finite float in ``[lo, hi]``; blank gives None."""
+    if _blank(value):
+        return None
+    try:
+        number = _parse_number(value)
+    except (ValueError, OverflowError):
+        raise ValueError(message) from None
+    if not math.isfinite(number) or not lo <= number <= hi:
+        raise ValueError(message)
+    return number
+
+
+_TRUE = frozenset({"yes", "y", "true", "t", "1"})
+_FALSE = frozenset({"no", "n", "false", "f", "0"})
+
+
+def coerce_bool(value: object, message: str) -> bool | None:
+    """Coerce yes/no/true/false/1/0 (any case) or a bool; blank gives None."""
+    if _blank(value):
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ValueError(message)
+
+
+def _choice(value: object, choices: Iterable[str], labels: Mapping[str, str], name: str) -> str:
+    """Accept a stable id or its label, case-insensitively (CSV files carry either)."""
+    allowed = tuple(choices)
+    if isinstance(value, str):
+        text = value.strip()
+        key = text.lower().replace("-", "_").replace(" ", "_")
+        if key in allowed:
+            return key
+        for choice in allowed:
+            if labels.get(choice, "").lower() == text.lower():
+                return choice
+    shown = ", ".join(labels.get(c, c.replace("_", " ")) for c in allowed)
+    raise ValueError(f"{name} must be one of: {shown}")
+
+
+def _today() -> dt.date:
+    # The server may run in UTC while the clinic is ahead of it: accept either calendar day.
+    return max(dt.date.today(), dt.datetime.now(dt.UTC).date())
+
+
+def _date(value: object, name: str, *, not_future: bool = True) -> dt.date:
+    if isinstance(value, dt.datetime):
+        result = value.date()
+    elif isinstance(value, dt.date):
+        result = value
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            result = dt.date.fromisoformat(text[:10]) if len(text) >= 10 else None
+        except ValueError:
+            result = None
+        if result is None:
+            raise ValueError(f"{name} must be a date such as 2024-03-15")
+    else:
+        raise ValueError(f"{name} must be a date such as 2024-03-15")
+    if not_future and result > _today():
+        raise ValueError(f"{name} cannot be in the future")
+    if result.year < 1900:
+        raise ValueError(f"{name} must be after 1900")
+    return result
+
+
+def _text(value: object, name: str, max_length: int) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be text")
+    text = value.strip()
+    if len(text) > max_length:
+        raise ValueError(f"{name} is at most {max_length} characters")
+    return text
+
+
+def _note(value: object) -> str:
+    return _text(value, "Note", MAX_NOTE_LENGTH)
+
+
+# --------------------------------------------------------------------------------------------
+# The validators
+# --------------------------------------------------------------------------------------------
+
+_Rule = Callable[[object], object]
+
+
+def _range_int(label: str, lo: int, hi: int, unit: str = "") -> _Rule:
+    suffix = f" {unit}" if unit else ""
+    message = f"{label} is a whole number from {lo} to {hi}{suffix}"
+    return lambda v: coerce_int(v, lo, hi, message)
+
+
+def _fmt(number: float) -> str:
+    return f"{number:g}"
+
+
+def _range_float(label: str, lo: float, hi: float, unit: str = "") -> _Rule:
+    suffix = f" {unit}" if unit else ""
+    message = f"{label} is between {_fmt(lo)} and {_fmt(hi)}{suffix}"
+    return lambda v: coerce_float(v, lo, hi, message)
+
+
+def _enum(choices: Iterable[str], label: str, labels: Mapping[str, str] | None = None) -> _Rule:
+    allowed = tuple(choices)
+    return lambda v: None if _blank(v) else _choice(v, allowed, labels or {}, label)
+
+
+_MUSCLE_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def _muscle(value: object) -> str | None:
+    if _blank(value):
+        return None
+    if isinstance(value, str) and _MUSCLE_ID.match(value.strip()):
+        return value.strip()
+    raise ValueError("Muscle must be a muscle id from the diagram, such as vmo or gluteus_medius")
+
+
+def _coordinate(name: str) -> _Rule:
+    # Diagram coordinates are centimetres on a reference body; anything beyond 10 m is garbage.
+    return _range_float(f"Position {name}", -1000.0, 1000.0, "cm")
+
+
+def _short_text(label: str, max_length: int = 64) -> _Rule:
+    return lambda v: _text(v, label, max_length) or None
+
+
+def _flag(label: str) -> _Rule:
+    return lambda v: coerce_bool(v, f"{label} is yes or no")
+
+
+_MARK_RULES: dict[str, _Rule] = {
+    "view": _enum(VIEWS, "View", _VIEW_LABELS),
+    "x": _coordinate("x"),
+    "y": _coordinate("y"),
+    "muscle": _muscle,
+    "side": _enum(SIDES, "Side"),
+    "layer": _enum(LAYERS, "Layer"),
+    "atlas_version": _short_text("Atlas version"),
+    "muscle_overridden": _flag("Muscle overridden"),
+    "technique": _enum(TECHNIQUES, "Technique", TECHNIQUE_LABELS),
+    "insertions": _range_int("Insertions", 0, 100),
+    "ltr_grade": _enum(LTR_GRADES, "Twitch response"),
+    "ltr_count": _range_int("Twitch count", 0, 100),
+    "depth_mm": _range_float("Depth", 0, 150, "mm"),
+    "needle_length_mm": _range_float("Needle length", 5, 150, "mm"),
+    "needle_gauge_mm": _range_float("Needle diameter", 0.12, 0.5, "mm"),
+    "retention_min": _range_float("Retention time", 0, 60, "min"),
+    "estim_frequency_hz": _range_float("Stimulation frequency", 0, 250, "Hz"),
+    "estim_intensity_ma": _range_float("Stimulation intensity", 0, 50, "mA"),
+    "estim_duration_min": _range_float("Stimulation duration", 0, 60, "min"),
+    "tp_status": _enum(TP_STATUSES, "Trigger point status"),
+    "referral_reproduced": _flag("Referral reproduced"),
+    "note": _note,
+}
+_MARK_REQUIRED = _MARK_POSITION_FIELDS
+
+
+def _apply(
+    raw: Mapping[str, object],
+    rules: Mapping[str, _Rule],
+    required: Iterable[str],
+    *,
+    partial: bool,
+    defaults: Mapping[str, object] | None = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Run each field's rule; collect all messages rather than stopping at the first."""
+    errors: dict[str, str] = {}
+    cleaned: dict[str, Any] = {}
+    for key in raw:
+        if key not in rules:
+            errors[key] = f"Unknown field: {key}"
+    names = [k for k in rules if k in raw] if partial else list(rules)
+    for name in names:
+        value = raw.get(name)
+        if _blank(value) and defaults and name in defaults and not partial:
+            value = defaults[name]
+        try:
+            cleaned[name] = rules[name](value)
+        except ValueError as exc:
+            errors[name] = str(exc)
+    for name in required:
+        if name in errors or (partial and name not in raw):
+            continue
+        if cleaned.get(name) is None:
+            errors[name] = f"{FIELD_LABELS.get(name, name)} is required"
+    return cleaned, errors
+
+
+def _raise(errors: Mapping[str, str]) -> None:
+    if errors:
+        raise ValidationError(errors)
+
+
+def validate_mark_fields(fields: Mapping[str, object], *, partial: bool = False) -> dict[str, Any]:
+    """Validate and coerce the fields of a mark.
+
+    Parameters
+    ----------
+    fields
+        Raw values keyed by column name (strings from a form or CSV are coerced).
+    partial
+        Only check the keys present (a live form check); otherwise every position field is
+        required and missing detail fields become None.
+
+    Returns
+    -------
+    dict
+        Cleaned values.
+
+    Raises
+    ------
+    ValidationError
+        With one clinician-readable message per rejected field.
+    """
+    cleaned, errors = _apply(
+        fields,
+        _MARK_RULES,
+        _MARK_REQUIRED,
+        partial=partial,
+        defaults={"muscle_overridden": False},
+    )
+    technique = cleaned.get("technique")
+    if "technique" in cleaned and not is_electrical(technique):
+        for name in ESTIM_FIELDS:
+            if cleaned.get(name) is not None and name not in errors:
+                errors[name] = "Stimulation settings apply only to electrical techniques"
+    grade, count = cleaned.get("ltr_grade"), cleaned.get("ltr_count")
+    if "ltr_count" not in errors and count is not None:
+        if grade == LtrGrade.NONE and count != 0:
+            errors["ltr_count"] = "Twitch count must be 0 when there was no twitch response"
+        elif grade is not None and grade != LtrGrade.NONE and count == 0:
+            errors["ltr_count"] = "Twitch count must be at least 1 when there was a twitch"
+        elif grade is None and count > 0 and "ltr_grade" in cleaned:
+            errors["ltr_grade"] = "Choose how strong the twitch response was"
+    depth, length = cleaned.get("depth_mm"), cleaned.get("needle_length_mm")
+    if depth is not None and length is not None and depth > length and "depth_mm" not in errors:
+        errors["depth_mm"] = "Depth cannot exceed the needle length"
+    _raise(errors)
+    return cleaned
+
+
+# Patient codes: pseudonymous ids, never names (ANATOMY.md section 3).
+_CODE = re.compile(r"^[A-Za-z0-9_-]{2,32}$")
+_CODE_NAME_MESSAGE = (
+    "Patient code must not look like a name: use a pseudonymous code such as P-0042"
+)
+
+
+def _code(value: object) -> str | None:
+    if _blank(value):
+        return None
+    if not isinstance(value, str):
+        raise ValueError("Patient code must be text such as P-0042")
+    text = value.strip()
+    if " " in text or "," in text:
+        raise ValueError(_CODE_NAME_MESSAGE)
+    if not _CODE.match(text):
+        raise ValueError(
+            "Patient code is 2 to 32 letters, digits, '-' or '_', such as P-0042 "
+            "(a pseudonymous code, never a name)"
+        )
+    return text
+
+
+def _birth_year(value: object) -> int | None:
+    year = _today().year
+    return coerce_int(value, 1900, year, "Birth year must be between 1900 and this year")
+
+
+_PATIENT_RULES: dict[str, _Rule] = {
+    "code": _code,
+    "sex": _enum(SEXES, "Sex"),
+    "birth_year": _birth_year,
+}
+
+
+def validate_patient_fields(
+    fields: Mapping[str, object], *, partial: bool = False
+) -> dict[str, Any]:
+    """Validate a patient: pseudonymous ``code``, ``sex`` (default unknown), ``birth_year``."""
+    cleaned, errors = _apply(
+        fields, _PATIENT_RULES, ("code", "sex"), partial=partial, defaults={"sex": "unknown"}
+    )
+    _raise(errors)
+    return cleaned
+
+
+_EPISODE_RULES: dict[str, _Rule] = {
+    "condition": _enum(CONDITIONS, "Condition", CONDITION_LABELS),
+    "affected_side": _enum(AFFECTED_SIDES, "Affected side"),
+    "start_date": lambda v: None if _blank(v) else _date(v, "Start date"),
+    "symptom_duration_weeks": _range_int("Symptom duration", 0, 5200, "weeks"),
+    "note": _note,
+}
+
+
+def validate_episode_fields(
+    fields: Mapping[str, object], *, partial: bool = False
+) -> dict[str, Any]:
+    """Validate an episode of care: condition, affected side, start date, duration, note."""
+    cleaned, errors = _apply(
+        fields, _EPISODE_RULES, ("condition", "affected_side", "start_date"), partial=partial
+    )
+    _raise(errors)
+    return cleaned
+
+
+def _clinician(value: object) -> str | None:
+    return _text(value, "Clinician", 100) or None
+
+
+_SESSION_RULES: dict[str, _Rule] = {
+    "date": lambda v: None if _blank(v) else _date(v, "Session date"),
+    "clinician": _clinician,
+    "nprs_before": _range_int("NPRS", 0, 10),
+    "nprs_after": _range_int("NPRS", 0, 10),
+    "note": _note,
+}
+
+
+def validate_session_fields(
+    fields: Mapping[str, object], *, partial: bool = False
+) -> dict[str, Any]:
+    """Validate a treatment session: date (not in the future), clinician, NPRS before/after."""
+    cleaned, errors = _apply(fields, _SESSION_RULES, ("date", "clinician"), partial=partial)
+    _raise(errors)
+    return cleaned
+
+
+_PPT_RULES: dict[str, _Rule] = {
+    "site": _short_text("Site"),
+    "side": _enum(SIDES, "Side"),
+    "kg_cm2": _range_float("Pressure pain threshold", 0, 20, "kg/cm2"),
+}
+
+
+def validate_ppt_fields(fields: Mapping[str, object], *, partial: bool = False) -> dict[str, Any]:
+    """Validate a pressure pain threshold reading (kg/cm2, 0-20) at a site."""
+    cleaned, errors = _apply(fields, _PPT_RULES, ("site", "kg_cm2"), partial=partial)
+    _raise(errors)
+    return cleaned
+
+
+_ADVERSE_RULES: dict[str, _Rule] = {
+    "type": _enum(ADVERSE_EVENT_TYPES, "Adverse event", ADVERSE_EVENT_TYPE_LABELS),
+    "severity": _enum(SEVERITIES, "Severity"),
+    "note": _note,
+}
+
+
+def validate_adverse_event_fields(
+    fields: Mapping[str, object], *, partial: bool = False
+) -> dict[str, Any]:
+    """Validate an adverse event: type, severity and note (required when the type is other)."""
+    cleaned, errors = _apply(fields, _ADVERSE_RULES, ("type", "severity"), partial=partial)
+    if cleaned.get("type") == AdverseEventType.OTHER and not cleaned.get("note"):
+        errors.setdefault("note", "Describe the adverse event in the note")
+    _raise(errors)
+    return cleaned
+
+
+def _instrument(value: object) -> str | None:
+    labels = {k: i.label for k, i in OUTCOME_INSTRUMENTS.items()}
+    return None if _blank(value) else _choice(value, OUTCOME_INSTRUMENTS, labels, "Instrument")
+
+
+_OUTCOME_RULES: dict[str, _Rule] = {
+    "instrument": _instrument,
+    # The range depends on the instrument: checked in validate_outcome_fields.
+    "score": lambda v: None if _blank(v) else v,
+    "date": lambda v: None if _blank(v) else _date(v, "Outcome date"),
+}
+
+
+def _score(spec: Instrument, raw: object) -> float | None:
+    unit = "" if spec.unit == "points" else f" {spec.unit}"
+    lo, hi = _fmt(spec.minimum), _fmt(spec.maximum)
+    if spec.integer:
+        message = f"{spec.label} is a whole number from {lo} to {hi}{unit}"
+        value = coerce_int(raw, int(spec.minimum), int(spec.maximum), message)
+        return None if value is None else float(value)
+    return coerce_float(
+        raw, spec.minimum, spec.maximum, f"{spec.label} is between {lo} and {hi}{unit}"
+    )
+
+
+def validate_outcome_fields(
+    fields: Mapping[str, object], *, partial: bool = False
+) -> dict[str, Any]:
+    """Validate an outcome measure: instrument, score within that instrument's range, date."""
+    cleaned, errors = _apply(
+        fields, _OUTCOME_RULES, ("instrument", "score", "date"), partial=partial
+    )
+    if cleaned.get("score") is not None:
+        spec = OUTCOME_INSTRUMENTS.get(cleaned.get("instrument") or "")
+        if spec is None:
+            errors.setdefault("instrument", "Choose the instrument the score belongs to")
+        else:
+            try:
+                cleaned["score"] = _score(spec, cleaned["score"])
+            except ValueError as exc:
+                errors["score"] = str(exc)
+    _raise(errors)
+    return cleaned
+
+
+# --------------------------------------------------------------------------------------------
+# Input records. Constructing one validates and coerces it, so an instance is always valid.
+# --------------------------------------------------------------------------------------------
+
+
+def _clean_into(obj: object, validator: Callable[..., dict[str, Any]]) -> None:
+    raw = {f.name: getattr(obj, f.name) for f in fields(obj)}  # type: ignore[arg-type]
+    for name, value in validator(raw).items():
+        # Frozen dataclass: object.__setattr__ is the sanctioned way to finish __post_init__.
+        object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class PatientInput:
+    """A new patient. ``code`` is pseudonymous (e.g. P-0042), never a name."""
+
+    code: str
+    sex: str = "unknown"
+    birth_year: int | None = None
+
+    def __post_init__(self) -> None:
+        _clean_into(self, validate_patient_fields)
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeInput:
+    """A new episode of care for one patient and condition."""
+
+    condition: str
+    affected_side: str
+    start_date: dt.date
+    symptom_duration_weeks: int | None = None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        _clean_into(self, validate_episode_fields)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInput:
+    """A new treatment session."""
+
+    date: dt.date
+    clinician: str
+    nprs_before: int | None = None
+    nprs_after: int | None = None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        _clean_into(self, validate_session_fields)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkInput:
+    """One needled point: where on the diagram, which muscle, and how it was needled."""
+
+    view: str
+    x: float
+    y: float
+    muscle: str
+    side: str
+    layer: str
+    atlas_version: str
+    muscle_overridden: bool = False
+    technique: str | None = None
+    insertions: int | None = None
+    ltr_grade: str | None = None
+    ltr_count: int | None = None
+    depth_mm: float | None = None
+    needle_length_mm: float | None = None
+    needle_gauge_mm: float | None = None
+    retention_min: float | None = None
+    estim_frequency_hz: float | None = None
+    estim_intensity_ma: float | None = None
+    estim_duration_min: float | None = None
+    tp_status: str | None = None
+    referral_reproduced: bool | None = None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        _clean_into(self, validate_mark_fields)
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, object]) -> MarkInput:
+        """Build from raw form/CSV values, reporting every bad field at once."""
+        return cls(**validate_mark_fields(fields))
+
+
+@dataclass(frozen=True, slots=True)
+class PressurePainThresholdInput:
+    """A pressure pain threshold reading in kg/cm2 (use kpa_to_kg_cm2 for kPa algometers)."""
+
+    site: str
+    kg_cm2: float
+    side: str | None = None
+
+    def __post_init__(self) -> None:
+        _clean_into(self, validate_ppt_fields)
+
+
+@dataclass(frozen=True, slots=True)
+class AdverseEventInput:
+    """An adverse event during or after a session."""
+
+    type: str
+    severity: str
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        _clean_into(self, validate_adverse_event_fields)
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeInput:
+    """An outcome instrument score on a date."""
+
+    instrument: str
+    score: float
+    date: dt.date
+
+    def __post_init__(self) -> None:
+        _clean_into(self, validate_outcome_fields)

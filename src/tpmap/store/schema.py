@@ -1,0 +1,263 @@
+"""The database tables of tpmap (SQLAlchemy 2 declarative).
+
+Table and column names are a contract: the research module, the CLI and the migrations code
+against them. Change them only together with a new Alembic migration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from tpmap import model
+
+__all__ = [
+    "AdverseEventRow",
+    "Base",
+    "EpisodeRow",
+    "MarkChangeRow",
+    "MarkRow",
+    "OutcomeMeasureRow",
+    "PatientRow",
+    "PressurePainThresholdRow",
+    "SessionRow",
+    "UTCDateTime",
+    "metadata",
+    "utcnow",
+]
+
+# Explicit constraint names, so that migrations can address them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware.
+
+    PostgreSQL keeps the zone (timestamptz); SQLite stores naive text, so values are
+    normalised to UTC on the way in and tagged UTC on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: tpmap stores timezone-aware UTC timestamps")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+def _one_of(column: str, values: Iterable[str], name: str | None = None) -> CheckConstraint:
+    listed = ", ".join(f"'{v}'" for v in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=name or column)
+
+
+class Base(DeclarativeBase):
+    """Declarative base sharing :data:`metadata`."""
+
+    metadata = metadata
+
+
+class PatientRow(Base):
+    """A patient, known only by a pseudonymous code."""
+
+    __tablename__ = "patients"
+    __table_args__ = (_one_of("sex", model.SEXES),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True, index=True)
+    sex: Mapped[str] = mapped_column(String(16), default="unknown")
+    birth_year: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class EpisodeRow(Base):
+    """An episode of care: one condition, one affected side, several sessions."""
+
+    __tablename__ = "episodes"
+    __table_args__ = (
+        _one_of("condition", model.CONDITIONS),
+        _one_of("affected_side", model.AFFECTED_SIDES),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    condition: Mapped[str] = mapped_column(String(32))
+    affected_side: Mapped[str] = mapped_column(String(8))
+    start_date: Mapped[dt.date] = mapped_column(Date)
+    symptom_duration_weeks: Mapped[int | None] = mapped_column(Integer)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class SessionRow(Base):
+    """A treatment session (one visit)."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        CheckConstraint("nprs_before BETWEEN 0 AND 10", name="nprs_before"),
+        CheckConstraint("nprs_after BETWEEN 0 AND 10", name="nprs_after"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    episode_id: Mapped[int] = mapped_column(ForeignKey("episodes.id"), index=True)
+    clinician: Mapped[str] = mapped_column(String(100))
+    date: Mapped[dt.date] = mapped_column(Date)
+    nprs_before: Mapped[int | None] = mapped_column(Integer)
+    nprs_after: Mapped[int | None] = mapped_column(Integer)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    updated_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class MarkRow(Base):
+    """One needled point on the diagram, with how it was needled (STRICTA)."""
+
+    __tablename__ = "marks"
+    __table_args__ = (
+        _one_of("view", model.VIEWS),
+        _one_of("side", model.SIDES),
+        _one_of("layer", model.LAYERS),
+        _one_of("technique", model.TECHNIQUES),
+        _one_of("ltr_grade", model.LTR_GRADES),
+        _one_of("tp_status", model.TP_STATUSES),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    view: Mapped[str] = mapped_column(String(16))
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+    muscle: Mapped[str] = mapped_column(String(64), index=True)
+    side: Mapped[str] = mapped_column(String(8))
+    layer: Mapped[str] = mapped_column(String(16))
+    atlas_version: Mapped[str] = mapped_column(String(64))
+    muscle_overridden: Mapped[bool] = mapped_column(Boolean, default=False)
+    technique: Mapped[str | None] = mapped_column(String(32))
+    insertions: Mapped[int | None] = mapped_column(Integer)
+    ltr_grade: Mapped[str | None] = mapped_column(String(16))
+    ltr_count: Mapped[int | None] = mapped_column(Integer)
+    depth_mm: Mapped[float | None] = mapped_column(Float)
+    needle_length_mm: Mapped[float | None] = mapped_column(Float)
+    needle_gauge_mm: Mapped[float | None] = mapped_column(Float)
+    retention_min: Mapped[float | None] = mapped_column(Float)
+    estim_frequency_hz: Mapped[float | None] = mapped_column(Float)
+    estim_intensity_ma: Mapped[float | None] = mapped_column(Float)
+    estim_duration_min: Mapped[float | None] = mapped_column(Float)
+    tp_status: Mapped[str | None] = mapped_column(String(16))
+    referral_reproduced: Mapped[bool | None] = mapped_column(Boolean)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(100))
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    updated_by: Mapped[str | None] = mapped_column(String(100))
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    deleted_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class PressurePainThresholdRow(Base):
+    """A pressure pain threshold reading (kg/cm2) taken in a session."""
+
+    __tablename__ = "pressure_pain_thresholds"
+    __table_args__ = (_one_of("side", model.SIDES),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    site: Mapped[str] = mapped_column(String(64))
+    side: Mapped[str | None] = mapped_column(String(8))
+    kg_cm2: Mapped[float] = mapped_column(Float)
+
+
+class AdverseEventRow(Base):
+    """An adverse event reported for a session."""
+
+    __tablename__ = "adverse_events"
+    __table_args__ = (
+        _one_of("type", model.ADVERSE_EVENT_TYPES),
+        _one_of("severity", model.SEVERITIES),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    type: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class OutcomeMeasureRow(Base):
+    """An outcome instrument score for an episode on a date."""
+
+    __tablename__ = "outcome_measures"
+    __table_args__ = (_one_of("instrument", tuple(model.OUTCOME_INSTRUMENTS)),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    episode_id: Mapped[int] = mapped_column(ForeignKey("episodes.id"), index=True)
+    instrument: Mapped[str] = mapped_column(String(32))
+    score: Mapped[float] = mapped_column(Float)
+    date: Mapped[dt.date] = mapped_column(Date)
+
+
+class MarkChangeRow(Base):
+    """Append-only log of every change to a mark; the page's undo walks it backwards.
+
+    ``before``/``after`` hold JSON objects of the changed fields. An entry written by an undo
+    points at the entry it reverted through ``undo_of``; such entries are never undone
+    themselves, and an entry with an undo pointing at it counts as undone.
+    """
+
+    __tablename__ = "mark_changes"
+    __table_args__ = (_one_of("action", ("create", "update", "delete", "restore", "move")),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mark_id: Mapped[int] = mapped_column(ForeignKey("marks.id"), index=True)
+    # Denormalised from the mark so that undo finds a session's latest change in one index.
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    before: Mapped[str | None] = mapped_column(Text)
+    after: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    user: Mapped[str] = mapped_column(String(100))
+    undo_of: Mapped[int | None] = mapped_column(ForeignKey("mark_changes.id"), index=True)

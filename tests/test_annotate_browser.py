@@ -1,0 +1,107 @@
+"""End to end: the clinician page in a real Chromium against a real `tpmap serve`."""
+
+from __future__ import annotations
+
+import time
+
+from tpmap import load_atlas
+from tpmap.store import Store
+
+from bokeh_page import column, model_attr, screen_xy, tap, wait_for_bokeh
+
+ATLAS = load_atlas()
+
+
+def inside(view, muscle, side):
+    p = ATLAS.region(view, muscle, side).polygon.representative_point()
+    return p.x, p.y
+
+
+def status(page) -> str:
+    return model_attr(page, "status", "text") or ""
+
+
+def wait_status(page, text: str) -> None:
+    page.wait_for_function(
+        "t => [...Bokeh.index.all_views()].find(v => v.model.name === 'status')"
+        ".model.text.includes(t)",
+        arg=text,
+    )
+
+
+def wait_marks(store: Store, session_id: int, n: int, timeout: float = 15.0) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        marks = store.session_marks(session_id)
+        if len(marks) >= n:
+            return marks
+        time.sleep(0.1)
+    return store.session_marks(session_id)
+
+
+def test_create_patient_and_session_tap_two_muscles_reload(serve, page, tmp_path):
+    server = serve()
+    page.goto(server.url + "/annotate")
+    wait_for_bokeh(page)
+    page.locator(".tp-new-patient button").click()
+    page.locator(".tp-new-code input").fill("P-E2E-1")
+    page.locator(".tp-new-code input").press("Enter")
+    page.locator(".tp-new-sex select").select_option(label="Female")
+    page.locator(".tp-create-patient button").click()
+    wait_status(page, "No episode yet")
+    page.locator(".tp-new-condition select").select_option(label="Patellofemoral pain")
+    page.locator(".tp-new-affected select").select_option(label="Right")
+    page.locator(".tp-create-episode button").click()
+    wait_status(page, "No session yet")
+    page.locator(".tp-create-session button").click()
+    wait_status(page, "Session of")
+
+    tap(page, "atlas-anterior", *inside("anterior", "vmo", "right"))
+    wait_status(page, "Saved: Vastus medialis obliquus (right)")
+    tap(page, "atlas-posterior", *inside("posterior", "gluteus_medius", "right"))
+    wait_status(page, "Saved: Gluteus medius (right)")
+    page.screenshot(path=str(tmp_path / "annotate.png"))
+
+    store = Store(server.db_url)
+    (patient,) = store.find_patients("P-E2E-1")
+    (episode,) = store.list_episodes(patient.id)
+    (session,) = store.list_sessions(episode.id)
+    marks = store.session_marks(session.id)
+    assert sorted((m.muscle, m.side) for m in marks) == [
+        ("gluteus_medius", "right"),
+        ("vmo", "right"),
+    ]
+
+    page.reload()
+    wait_for_bokeh(page)
+    page.locator(".tp-patient select").select_option(label="P-E2E-1")
+    wait_status(page, "2 marks")
+    assert len(column(page, "marks-anterior", "id")) == 1
+    assert len(column(page, "marks-posterior", "id")) == 1
+
+    # Two taps 100 ms apart (a DoubleTap for Bokeh) give two marks.
+    b = screen_xy(page, "atlas-posterior", *inside("posterior", "biceps_femoris", "left"))
+    a = screen_xy(page, "atlas-posterior", *inside("posterior", "quadratus_lumborum", "left"))
+    page.mouse.click(*a)
+    page.wait_for_timeout(100)
+    page.mouse.click(*b)
+    marks = wait_marks(store, session.id, 4)
+    assert sorted(m.muscle for m in marks) == [
+        "biceps_femoris",
+        "gluteus_medius",
+        "quadratus_lumborum",
+        "vmo",
+    ]
+    store.close()
+
+
+def test_a_tap_off_the_body_says_so(serve, page):
+    server = serve()
+    page.goto(server.url + "/annotate")
+    wait_for_bokeh(page)
+    tap(page, "atlas-anterior", 0.0, 60.0)
+    page.wait_for_function(
+        "() => [...Bokeh.index.all_views()].find(v => v.model.name === 'status')"
+        ".model.text.length > 0"
+    )
+    assert "session" in status(page).lower() or "not on a muscle" in status(page).lower()
