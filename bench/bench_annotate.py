@@ -1,0 +1,204 @@
+"""The clinician page in a real browser, on a database of about 10^6 marks.
+
+Measures (Debian's Chromium driven by Playwright, against a real `tpmap serve`):
+
+- tap to mark drawn: from the click to the mark drawn as saved (committed) in the page;
+- opening a patient with 50 sessions: from choosing the patient to the session drawn.
+
+Side by side, the obvious alternative for the server part: reloading the whole episode's
+marks from the database after each tap instead of updating the one mark.
+
+Run with ``python -m bench annotate`` (builds the database once in bench/out/, ~1 minute).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tpmap import load_atlas
+from tpmap.store import Store
+
+OUT = Path(__file__).parent / "out"
+DB = OUT / "annotate-1e6.db"
+URL = f"sqlite:///{DB}"
+N_TAPS = 40
+
+_SCREEN = """([name, x, y]) => {
+  const v = [...Bokeh.index.all_views()].find(v => v.model.name === name && v.frame);
+  const r = v.el.getBoundingClientRect();
+  return [r.left + v.frame.x_scale.compute(x), r.top + v.frame.y_scale.compute(y)];
+}"""
+_SAVED = """([source, n]) => {
+  const d = Bokeh.documents[0].get_model_by_name(source).data;
+  const state = Array.from(d instanceof Map ? d.get("state") : d.state);
+  return state.filter(s => s === "saved").length >= n;
+}"""
+
+
+def _build_db() -> tuple[int, int]:
+    """A database with ~10^6 marks and one patient with 50 sessions; returns its ids."""
+    from tpmap.demo import generate_demo
+
+    OUT.mkdir(exist_ok=True)
+    store = Store(URL)
+    if store.counts()["marks"] < 900_000:
+        print("building a database of about 10^6 marks (once) ...", flush=True)
+        generate_demo(store, seed=7, patients=2000, marks_per_session=110)
+    patient = store.patient_by_code("BENCH-50")
+    if patient is None:
+        patient = store.create_patient({"code": "BENCH-50", "sex": "female"}, "bench")
+        episode = store.create_episode(
+            patient.id,
+            {
+                "condition": "patellofemoral_pain",
+                "affected_side": "right",
+                "start_date": "2025-01-06",
+            },
+            "bench",
+        )
+        atlas = load_atlas()
+        vmo = atlas.region("anterior", "vmo", "right").polygon.representative_point()
+        start = dt.date(2025, 1, 6)
+        for i in range(50):
+            s = store.create_session(
+                episode.id,
+                {"date": start + dt.timedelta(days=7 * i), "clinician": "bench"},
+                "bench",
+            )
+            for j in range(6):
+                store.add_mark(
+                    s.id,
+                    {"view": "anterior", "x": vmo.x + 0.05 * j, "y": vmo.y, "muscle": "vmo",
+                     "side": "right", "layer": "superficial", "atlas_version": atlas.version},
+                    "bench",
+                )  # fmt: skip
+    episode = store.list_episodes(patient.id)[-1]
+    n = store.counts()["marks"]
+    store.close()
+    return episode.id, n
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve() -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tpmap", "serve", "--db", URL, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url + "/atlas", timeout=1)
+            return proc, url
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("tpmap serve did not start")
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def main() -> list[tuple[str, str, str]]:
+    from playwright.sync_api import sync_playwright
+
+    episode_id, n_marks = _build_db()
+    proc, url = _serve()
+    atlas = load_atlas()
+    taps, opens = [], []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            page = browser.new_page(viewport={"width": 1024, "height": 768})
+            for _ in range(3):
+                page.goto(url + "/annotate")
+                page.locator("div.bk-Canvas").first.wait_for()
+                page.locator(".tp-patient-search input").fill("BENCH-50")
+                page.locator(".tp-patient-search input").press("Enter")
+                page.wait_for_timeout(500)
+                t0 = time.perf_counter()
+                page.locator(".tp-patient select").select_option(label="BENCH-50")
+                page.wait_for_function(
+                    "() => Bokeh.documents[0].get_model_by_name('status').text"
+                    ".includes('Session of')"
+                )
+                opens.append(1000 * (time.perf_counter() - t0))
+            # A new session to tap in.
+            page.locator(".tp-new-session button").click()
+            page.locator(".tp-create-session button").click()
+            page.wait_for_function(
+                "() => Bokeh.documents[0].get_model_by_name('status').text.includes(': 0 marks')"
+            )
+            poly = atlas.region("posterior", "gluteus_medius", "left").polygon
+            minx, miny, maxx, maxy = poly.bounds
+            for i in range(N_TAPS):
+                # Spread the taps (more than the selection radius apart) inside the muscle.
+                x = minx + (maxx - minx) * (0.2 + 0.6 * ((i * 7) % N_TAPS) / N_TAPS)
+                y = miny + (maxy - miny) * (0.3 + 0.4 * (i % 5) / 5)
+                if atlas.region_at("posterior", x, y) is None:
+                    continue
+                sx, sy = page.evaluate(_SCREEN, ["atlas-posterior", x, y])
+                # Measured from Python: it includes Playwright's own round trips (a few ms),
+                # so the figures slightly overstate what a clinician waits.
+                t0 = time.perf_counter()
+                page.mouse.click(sx, sy)
+                page.wait_for_function(
+                    _SAVED, arg=["marks-posterior", len(taps) + 1], polling="raf"
+                )
+                taps.append(1000 * (time.perf_counter() - t0))
+                page.wait_for_timeout(350)  # keep taps apart: each is a plain Tap
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+    # The obvious alternative, server side only: reload the episode after every tap.
+    store = Store(URL)
+    reload_ms = []
+    for _ in range(10):
+        t = time.perf_counter()
+        store.episode_marks(episode_id)
+        reload_ms.append(1000 * (time.perf_counter() - t))
+    store.close()
+
+    rows = [
+        (
+            f"tap to mark drawn (saved), {len(taps)} taps",
+            f"median {statistics.median(taps):.0f} ms, p95 {_pct(taps, 0.95):.0f} ms",
+            f"+{statistics.median(reload_ms):.0f} ms per tap to reload the episode",
+        ),
+        (
+            "open a patient with 50 sessions",
+            f"median {statistics.median(opens):.0f} ms (max {max(opens):.0f})",
+            "",
+        ),
+    ]
+    print(f"\nclinician page in Chromium, database of {n_marks:,} marks (SQLite)")
+    print(f"{'case':<40} {'tpmap':>34}   alternative")
+    for r in rows:
+        print(f"{r[0]:<40} {r[1]:>34}   {r[2]}")
+    return rows
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
