@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUITES = ["atlas", "density"]
+SUITES = ["atlas", "density", "load"]
 
 
 def main(argv: list[str]) -> int:

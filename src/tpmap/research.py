@@ -1,15 +1,19 @@
 """Pure analysis of needling marks across patients: filters, tables, density grids, comparisons.
 
 Everything here works on three pandas frames, so that the explore page and a notebook share
-one code path (no Bokeh, no database):
+one code path (no Bokeh). :func:`load_dataset` reads them from a tpmap database into a
+:class:`Dataset` (through an incrementally refreshed Parquet snapshot, :mod:`tpmap._snapshot`);
+everything else is pure analysis of the frames:
 
 marks
-    One row per mark, in the compact layout of :func:`compact_marks` (27 bytes a mark).
+    One row per mark, in the compact layout of :func:`compact_marks` (27 bytes a mark;
+    :func:`load_dataset` adds ``clinician`` and ``episode_id``: 32 bytes).
 cohort
     One row per patient in the filtered cohort, *with or without marks*: this is the
     denominator of every percentage. Columns ``patient_id``, ``sex``, ``birth_year``,
-    ``condition``, ``affected_side`` and optionally ``index_date`` (start of the episode, used
-    for age bands) and ``responder`` (from :func:`attach_responders`).
+    ``condition``, ``affected_side`` and optionally ``index_date`` or ``start_date`` (start of
+    the episode, used for age bands), ``responder`` (from :func:`attach_responders`) or
+    ``responder_<instrument>`` columns (from :func:`load_dataset`).
 outcomes
     One row per outcome measurement: ``patient_id``, ``episode_id``, ``instrument``,
     ``score``, ``date``.
@@ -25,21 +29,34 @@ import hashlib
 import math
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 import shapely
 from scipy import ndimage, stats
 
+from tpmap import model
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from sqlalchemy import Engine
+    from sqlalchemy.engine import URL
+
+    from tpmap._snapshot import RefreshStats
+    from tpmap.store import Store
+
 __all__ = [
     "AGE_BANDS",
+    "DATASET_MARK_COLUMNS",
     "DROPPED_ON_EXPORT",
     "INSTRUMENTS",
     "MARK_COLUMNS",
     "RESPONDER_STATUSES",
     "VIEWS",
+    "Dataset",
     "DensityGrid",
     "DifferenceGrid",
     "Filters",
@@ -55,6 +72,7 @@ __all__ = [
     "density_grid",
     "difference_grid",
     "fold_to_affected_side",
+    "load_dataset",
     "muscle_table",
     "responders",
     "to_days",
@@ -62,12 +80,12 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------------------------
-# Vocabulary (the stable ids of model.py; repeated here so the analysis core stands alone)
+# Vocabulary: the stable ids of model.py (one source of truth)
 # --------------------------------------------------------------------------------------------
 
-VIEWS = ("anterior", "posterior", "lateral_left", "lateral_right")
-LAYERS = ("superficial", "deep")
-SIDES = ("left", "right")
+VIEWS: tuple[str, ...] = model.VIEWS
+LAYERS: tuple[str, ...] = model.LAYERS
+SIDES: tuple[str, ...] = model.SIDES
 _VIEW_DTYPE = pd.CategoricalDtype(VIEWS)
 _LAYER_DTYPE = pd.CategoricalDtype(LAYERS)
 _SIDE_DTYPE = pd.CategoricalDtype(SIDES)
@@ -252,11 +270,13 @@ class Filters:
     without such a mark. ``None`` means "no filter". Dates are inclusive.
 
     The age band is a patient attribute taken at the cohort's ``index_date`` (start of the
-    episode) when that column exists, otherwise at the year of ``date_to``, otherwise at the
+    episode; :func:`load_dataset` calls it ``start_date``, which is used when there is no
+    ``index_date``) when that column exists, otherwise at the year of ``date_to``, otherwise at the
     current year, so that every patient, with or without marks, gets one.
 
-    ``responder`` needs a ``responder`` column in the cohort (see :func:`attach_responders`)
-    and takes statuses from :data:`RESPONDER_STATUSES`.
+    ``responder`` takes statuses from :data:`RESPONDER_STATUSES` and reads the cohort's
+    ``responder`` column (see :func:`attach_responders`), or with ``instrument`` set the
+    ``responder_<instrument>`` column that :func:`load_dataset` adds per instrument.
 
     Examples
     --------
@@ -278,6 +298,7 @@ class Filters:
     views: tuple[str, ...] | None = None
     layers: tuple[str, ...] | None = None
     muscles: tuple[str, ...] | None = None
+    instrument: str | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -292,6 +313,8 @@ class Filters:
             raise ValueError(f"unknown age bands: {sorted(set(self.age_bands) - known)}")
         if self.responder and not set(self.responder) <= set(RESPONDER_STATUSES):
             raise ValueError(f"responder must be among {RESPONDER_STATUSES}")
+        if self.instrument is not None and self.instrument not in INSTRUMENTS:
+            raise ValueError(f"unknown instrument {self.instrument!r}")
 
     def apply(self, cohort: pd.DataFrame, marks: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Return ``(cohort, marks)`` filtered; marks of patients outside the cohort go too."""
@@ -300,7 +323,7 @@ class Filters:
             ("condition", self.conditions),
             ("sex", self.sexes),
             ("affected_side", self.affected_sides),
-            ("responder", self.responder),
+            (self.responder_column, self.responder),
         ):
             if wanted is not None:
                 keep &= _column(cohort, column, "cohort").isin(wanted).to_numpy()
@@ -329,9 +352,15 @@ class Filters:
                 mkeep &= _column(marks, column, "marks").isin(wanted).to_numpy()
         return cohort_f, marks.loc[mkeep]
 
+    @property
+    def responder_column(self) -> str:
+        """The cohort column the ``responder`` filter reads."""
+        return "responder" if self.instrument is None else f"responder_{self.instrument}"
+
     def _reference_year(self, cohort: pd.DataFrame) -> np.ndarray | int:
-        if "index_date" in cohort.columns:
-            return pd.to_datetime(cohort["index_date"]).dt.year.to_numpy(dtype=float)
+        for column in ("index_date", "start_date"):
+            if column in cohort.columns:
+                return pd.to_datetime(cohort[column]).dt.year.to_numpy(dtype=float)
         if self.date_to is not None:
             return pd.Timestamp(self.date_to).year
         return _dt.date.today().year
@@ -889,20 +918,12 @@ class Instrument:
     mcid: float
 
 
-#: MCIDs from ANATOMY.md section 3 (NPRS 2 is for chronic musculoskeletal pain; 1.16 has been
-#: reported in patellofemoral pain: pass ``mcid=`` to use it).
+#: Direction and MCID per instrument, derived from :data:`tpmap.model.OUTCOME_INSTRUMENTS`
+#: (ANATOMY.md section 3; NPRS 2 is for chronic musculoskeletal pain, 1.16 has been reported
+#: in patellofemoral pain: pass ``mcid=`` to use it).
 INSTRUMENTS: dict[str, Instrument] = {
-    "nprs": Instrument(True, 2.0),
-    "vas": Instrument(True, 2.0),
-    "womac_function": Instrument(True, 12.5),
-    "kujala": Instrument(False, 10.0),
-    "akps": Instrument(False, 10.0),
-    "lefs": Instrument(False, 9.0),
-    "koos_pain": Instrument(False, 15.0),
-    "koos_symptoms": Instrument(False, 12.5),
-    "koos_adl": Instrument(False, 15.5),
-    "koos_sport": Instrument(False, 17.5),
-    "koos_qol": Instrument(False, 12.5),
+    key: Instrument(info.direction is model.Direction.LOWER_IS_BETTER, float(info.mcid))
+    for key, info in model.OUTCOME_INSTRUMENTS.items()
 }
 
 
@@ -1104,3 +1125,331 @@ def _hash(key: bytes, column: str, value: object) -> str:
     person = column.encode()[:16]
     data = str(value).encode()
     return hashlib.blake2b(data, key=key, digest_size=8, person=person).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Loading from the database
+# --------------------------------------------------------------------------------------------
+
+#: Columns of :attr:`Dataset.marks`: the compact layout, then ``clinician`` and ``episode_id``.
+DATASET_MARK_COLUMNS: tuple[str, ...] = (*MARK_COLUMNS, "clinician", "episode_id")
+_FIXED_VOCABULARIES = {"view": VIEWS, "layer": LAYERS, "side": SIDES}
+_OPEN_CATEGORIES = ("muscle", "technique", "ltr_grade", "tp_status", "clinician")
+_OUTCOME_SOURCES = pd.CategoricalDtype(["outcome_measures", "sessions"])
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Everything the explore page or a notebook analyses, loaded by :func:`load_dataset`.
+
+    Attributes
+    ----------
+    marks
+        One row per visible (not soft-deleted) mark, sorted by mark id: the compact layout of
+        :func:`compact_marks` plus ``clinician`` (categorical) and ``episode_id`` (int32, the
+        episode of the mark's own session): 32 bytes a mark with fewer than 128 muscles,
+        clinicians and other category values per column.
+    cohort
+        One row per patient who has at least one episode, with or without marks: the
+        denominator of every percentage. Columns ``patient_id``, ``episode_id``, ``sex``,
+        ``birth_year`` (float, NaN when unknown), ``condition``, ``affected_side``,
+        ``start_date`` and one ``responder_<instrument>`` column per instrument with data
+        (``"responder"``/``"non_responder"``/``"unknown"``). A patient with several episodes
+        is described by the *latest* one (by start date, then id): its condition, side,
+        start date and responder status. Their marks keep their own session's episode in
+        ``marks.episode_id``, so marks of earlier episodes still count for the patient;
+        select on ``marks.episode_id == cohort.episode_id`` to keep only the latest episode.
+        One row per patient keeps "percentage of patients" honest.
+    outcomes
+        One row per score: ``patient_id``, ``episode_id``, ``instrument``, ``score``,
+        ``date`` and ``source``: ``"outcome_measures"``, or ``"sessions"`` for the NPRS of
+        an episode without NPRS outcome measures, taken from its sessions (the first
+        session's ``nprs_before`` as baseline, the last session's ``nprs_after`` as final).
+    loaded_at
+        When the data was read (UTC).
+    n_deleted_excluded
+        Soft-deleted marks left out.
+    atlas_versions
+        Atlas versions the visible marks were placed with (sorted).
+    """
+
+    marks: pd.DataFrame
+    cohort: pd.DataFrame
+    outcomes: pd.DataFrame
+    loaded_at: _dt.datetime
+    n_deleted_excluded: int
+    atlas_versions: tuple[str, ...]
+    snapshot: Path | None = None
+    refresh: RefreshStats | None = field(default=None, repr=False)
+
+    def filter(self, filters: Filters) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``(cohort, marks)`` after ``filters`` (see :meth:`Filters.apply`)."""
+        return filters.apply(self.cohort, self.marks)
+
+    @property
+    def clinicians(self) -> tuple[str, ...]:
+        """Clinicians with at least one visible mark, sorted (for a filter widget)."""
+        return tuple(str(c) for c in self.marks["clinician"].cat.categories)
+
+    @property
+    def date_range(self) -> tuple[_dt.date, _dt.date] | None:
+        """First and last session date with a visible mark; None without marks."""
+        if self.marks.empty:
+            return None
+        days = self.marks["session_date"].to_numpy()
+        first, last = (_EPOCH + np.timedelta64(int(d), "D") for d in (days.min(), days.max()))
+        return first.astype(_dt.date), last.astype(_dt.date)
+
+    @property
+    def instruments(self) -> tuple[str, ...]:
+        """Instruments with a ``responder_<instrument>`` column in the cohort."""
+        prefix = "responder_"
+        return tuple(c[len(prefix) :] for c in self.cohort.columns if c.startswith(prefix))
+
+
+def load_dataset(
+    source: Store | str | URL | Engine,
+    *,
+    snapshot: str | Path | bool | None = None,
+) -> Dataset:
+    """Load marks, cohort and outcomes from a tpmap database for analysis.
+
+    Parameters
+    ----------
+    source
+        A :class:`~tpmap.store.Store`, a database URL, or an engine. Only read from.
+    snapshot
+        Where to keep the Parquet snapshot of the marks (see :mod:`tpmap._snapshot`), which
+        is refreshed incrementally on every call: only marks that changed since are read
+        from the database. ``None`` or ``True``: the user cache directory, keyed by a hash
+        of the URL (an in-memory SQLite database gets none). A path: that directory (for
+        instance next to the database file). ``False``: read every mark from the database.
+
+    Returns
+    -------
+    Dataset
+        See :class:`Dataset` for the frames and how patients with several episodes and
+        deleted marks are handled.
+
+    Examples
+    --------
+    >>> ds = load_dataset("sqlite:///tpmap.db")  # doctest: +SKIP
+    >>> cohort, marks = ds.filter(Filters(conditions=["patellofemoral_pain"]))  # doctest: +SKIP
+    >>> muscle_table(marks, cohort)  # doctest: +SKIP
+    """
+    from sqlalchemy import Engine as _Engine
+
+    from tpmap import _snapshot
+    from tpmap.store import Store as _Store
+    from tpmap.store import make_engine
+
+    if isinstance(source, _Store):
+        engine, owned = source.engine, False
+    elif isinstance(source, _Engine):
+        engine, owned = source, False
+    else:
+        engine, owned = make_engine(source), True
+    try:
+        loaded_at = _dt.datetime.now(_dt.UTC)
+        directory = _snapshot_dir(engine, snapshot)
+        stats = None
+        columns = [*DATASET_MARK_COLUMNS, "atlas_version", "deleted"]
+        if directory is None:
+            table = _snapshot.read_marks_table(engine).select(columns)
+        else:
+            snap = _snapshot.MarkSnapshot(directory, engine)
+            stats = snap.refresh()
+            table = snap.read(columns)
+        table, n_deleted = _snapshot.live_rows(table)
+        atlas_versions = tuple(_unique_strings(table.column("atlas_version")))
+        marks = _marks_from_arrow(table.drop_columns(["atlas_version"]))
+        del table
+        # The cohort is read after the marks: a patient added meanwhile only widens it.
+        with engine.connect() as conn:
+            episodes = _read_episodes(conn)
+            outcomes = _read_outcomes(conn)
+        cohort = _cohort(episodes, outcomes)
+    finally:
+        if owned:
+            engine.dispose()
+    return Dataset(
+        marks=marks,
+        cohort=cohort,
+        outcomes=outcomes,
+        loaded_at=loaded_at,
+        n_deleted_excluded=n_deleted,
+        atlas_versions=atlas_versions,
+        snapshot=directory,
+        refresh=stats,
+    )
+
+
+def _unique_strings(column: pa.ChunkedArray) -> list[str]:
+    """Distinct non-null values of an Arrow dictionary-encoded string column.
+
+    Counts the dictionary indices in use per chunk (a bincount), without decoding strings.
+    """
+    found: set[str] = set()
+    for chunk in column.chunks:
+        if len(chunk) == 0:
+            continue
+        indices = chunk.indices.to_numpy(zero_copy_only=False)
+        if chunk.null_count:
+            indices = indices[chunk.is_valid().to_numpy(zero_copy_only=False)]
+        used = np.flatnonzero(np.bincount(indices, minlength=len(chunk.dictionary)))
+        found.update(str(chunk.dictionary[int(i)]) for i in used)
+    return sorted(found)
+
+
+def _snapshot_dir(engine: Engine, snapshot: str | Path | bool | None) -> Path | None:
+    from tpmap import _snapshot
+
+    if snapshot is False:
+        return None
+    if snapshot is None or snapshot is True:
+        url = engine.url
+        if url.get_backend_name() == "sqlite" and (url.database or ":memory:") == ":memory:":
+            return None  # every in-memory database would share one cache key
+        return _snapshot.default_snapshot_dir(url)
+    return Path(snapshot)
+
+
+def _marks_from_arrow(table: pa.Table) -> pd.DataFrame:
+    """The :attr:`Dataset.marks` frame from snapshot columns (no per-row Python work).
+
+    Dictionary columns become categoricals by remapping their indices with one numpy take:
+    fixed vocabularies (view, layer, side) keep the model's order; the others keep the values
+    in use, sorted, so that the frame does not depend on the snapshot's history.
+    """
+    table = table.unify_dictionaries()
+    out: dict[str, object] = {}
+    for name in DATASET_MARK_COLUMNS:
+        column = table.column(name)
+        if name not in _FIXED_VOCABULARIES and name not in _OPEN_CATEGORIES:
+            out[name] = column.to_numpy()
+            continue
+        dictionary = [] if not column.num_chunks else column.chunk(0).dictionary.to_pylist()
+        # Per chunk (a row group: cache-sized), with nulls as the extra last index.
+        chunks = [
+            (c.indices.fill_null(len(dictionary)) if c.null_count else c.indices).to_numpy()
+            for c in column.chunks
+            if len(c)
+        ]
+        used = np.zeros(len(dictionary) + 1, dtype=np.int64)
+        for chunk in chunks:
+            used += np.bincount(chunk, minlength=len(dictionary) + 1)
+        present = [v for v, n in zip(dictionary, used[:-1], strict=True) if n]
+        if name in _FIXED_VOCABULARIES:
+            categories = list(_FIXED_VOCABULARIES[name])
+            unknown = set(present) - set(categories)
+            if unknown:
+                raise ValueError(f"unknown {name} values in the database: {sorted(unknown)}")
+        else:
+            categories = sorted(present)
+        position = {v: i for i, v in enumerate(categories)}
+        width = (
+            np.int8 if len(categories) < 128 else np.int16 if len(categories) < 2**15 else np.int32
+        )
+        # Old index -> new code; the last slot maps nulls to -1.
+        mapping = np.array([position.get(v, -1) for v in dictionary] + [-1], dtype=width)
+        codes = np.empty(sum(len(c) for c in chunks), dtype=width)
+        start = 0
+        for chunk in chunks:
+            np.take(mapping, chunk, out=codes[start : start + len(chunk)])
+            start += len(chunk)
+        dtype = pd.CategoricalDtype(pd.Index(categories, dtype=str))
+        out[name] = pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
+    return pd.DataFrame(out)
+
+
+def _read_episodes(conn: object) -> pd.DataFrame:
+    from sqlalchemy import select
+
+    from tpmap.store.schema import EpisodeRow, PatientRow
+
+    e, p = EpisodeRow.__table__, PatientRow.__table__
+    stmt = select(
+        e.c.patient_id,
+        e.c.id.label("episode_id"),
+        p.c.sex,
+        p.c.birth_year,
+        e.c.condition,
+        e.c.affected_side,
+        e.c.start_date,
+    ).join_from(e, p, p.c.id == e.c.patient_id)
+    rows = conn.execute(stmt).all()  # type: ignore[attr-defined]
+    columns = ["patient_id", "episode_id", "sex", "birth_year", "condition", "affected_side"]
+    frame = pd.DataFrame.from_records(rows, columns=[*columns, "start_date"])
+    return frame
+
+
+def _read_outcomes(conn: object) -> pd.DataFrame:
+    from sqlalchemy import func, select
+
+    from tpmap.store.schema import EpisodeRow, OutcomeMeasureRow, SessionRow
+
+    e, o, s = EpisodeRow.__table__, OutcomeMeasureRow.__table__, SessionRow.__table__
+    measured = select(e.c.patient_id, o.c.episode_id, o.c.instrument, o.c.score, o.c.date)
+    measured = measured.join_from(o, e, e.c.id == o.c.episode_id)
+    has_nprs = select(o.c.episode_id).where(o.c.instrument == "nprs")
+
+    def session_nprs(column: object, last: bool) -> object:
+        order = [s.c.date.desc(), s.c.id.desc()] if last else [s.c.date, s.c.id]
+        rank = func.row_number().over(partition_by=s.c.episode_id, order_by=order)
+        sub = (
+            select(s.c.episode_id, s.c.date, column.label("score"), rank.label("rank"))  # type: ignore[attr-defined]
+            .where(column.is_not(None), s.c.episode_id.not_in(has_nprs))  # type: ignore[attr-defined]
+            .subquery()
+        )
+        return (
+            select(e.c.patient_id, sub.c.episode_id, sub.c.score, sub.c.date)
+            .join_from(sub, e, e.c.id == sub.c.episode_id)
+            .where(sub.c.rank == 1)
+        )
+
+    rows = [(*r, "outcome_measures") for r in conn.execute(measured).all()]  # type: ignore[attr-defined]
+    for column, last in ((s.c.nprs_before, False), (s.c.nprs_after, True)):
+        for r in conn.execute(session_nprs(column, last)).all():  # type: ignore[attr-defined]
+            rows.append((r[0], r[1], "nprs", r[2], r[3], "sessions"))
+    columns = ["patient_id", "episode_id", "instrument", "score", "date", "source"]
+    frame = pd.DataFrame.from_records(rows, columns=columns)
+    frame = frame.astype({"patient_id": np.int32, "episode_id": np.int32, "score": float})
+    frame["instrument"] = frame["instrument"].astype(str)
+    frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[s]")
+    frame["source"] = pd.Categorical(frame["source"], dtype=_OUTCOME_SOURCES)
+    return frame.sort_values(["patient_id", "episode_id", "instrument", "date"]).reset_index(
+        drop=True
+    )
+
+
+def _cohort(episodes: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient from the latest episode, with a responder column per instrument."""
+    latest = episodes.sort_values(["patient_id", "start_date", "episode_id"], kind="stable")
+    latest = latest.drop_duplicates("patient_id", keep="last").reset_index(drop=True)
+    cohort = pd.DataFrame(
+        {
+            "patient_id": latest["patient_id"].to_numpy(dtype=np.int32),
+            "episode_id": latest["episode_id"].to_numpy(dtype=np.int32),
+            "sex": pd.Categorical(latest["sex"], dtype=pd.CategoricalDtype(model.SEXES)),
+            "birth_year": pd.to_numeric(latest["birth_year"]).astype(float).to_numpy(),
+            "condition": pd.Categorical(
+                latest["condition"], dtype=pd.CategoricalDtype(model.CONDITIONS)
+            ),
+            "affected_side": pd.Categorical(
+                latest["affected_side"], dtype=pd.CategoricalDtype(model.AFFECTED_SIDES)
+            ),
+            "start_date": pd.to_datetime(latest["start_date"]).astype("datetime64[s]"),
+        }
+    )
+    key = pd.MultiIndex.from_arrays([cohort["patient_id"], cohort["episode_id"]])
+    for instrument in sorted(set(outcomes["instrument"]) & set(INSTRUMENTS)):
+        status = responders(outcomes, instrument=instrument)
+        by_episode = pd.Series(
+            status["status"].to_numpy(),
+            index=pd.MultiIndex.from_arrays([status["patient_id"], status["episode_id"]]),
+        )
+        values = by_episode.reindex(key).to_numpy()
+        cohort[f"responder_{instrument}"] = pd.Categorical(
+            np.where(pd.isna(values), "unknown", values), dtype=_STATUS_DTYPE
+        )
+    return cohort
