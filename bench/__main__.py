@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUITES = ["atlas", "density", "load"]
+SUITES = ["atlas", "density", "load", "annotate", "explore"]
 
 
 def main(argv: list[str]) -> int:

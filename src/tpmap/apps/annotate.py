@@ -119,6 +119,11 @@ class _Runner:
         self.pool.submit(work).add_done_callback(back)
 
 
+def _same_columns(old: Any, new: dict[str, list[Any]]) -> bool:
+    """True when a source's columns already hold ``new`` (browser edits arrive as arrays)."""
+    return set(old) == set(new) and all(list(old[k]) == new[k] for k in new)
+
+
 def _message(exc: Exception) -> str:
     if isinstance(exc, model.ValidationError):
         return " ".join(exc.errors.values())
@@ -501,15 +506,23 @@ class AnnotatePage:
                 for p in self.pending.values()
                 if p["view"] == view
             ]
+            data = self._mark_data(rows)
+            ids = data["id"]
+            selected = [ids.index(self.selected)] if self.selected in ids else []
+            # Only send what changed: every assignment is a message to the browser and a
+            # re-render there, and a tap should cost one of each.
             self._loading = True
             try:
-                source.data = self._mark_data(rows)
-                ids = source.data["id"]
-                source.selected.indices = [ids.index(self.selected)] if self.selected in ids else []
+                if not _same_columns(source.data, data):
+                    source.data = data
+                if list(source.selected.indices) != selected:
+                    source.selected.indices = selected
             finally:
                 self._loading = False
         ordered = sorted(self.marks.values(), key=lambda m: m.id)
-        self.table_source.data = self._table_data(ordered)
+        table = self._table_data(ordered)
+        if not _same_columns(self.table_source.data, table):
+            self.table_source.data = table
 
     def _draw_earlier(self) -> None:
         for view, source in self.earlier_sources.items():

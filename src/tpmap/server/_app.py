@@ -18,6 +18,7 @@ from bokeh.server.server import Server
 from tornado.web import RedirectHandler
 
 from tpmap.atlas import load_atlas
+from tpmap.store import open_store
 
 log = logging.getLogger("tpmap.server")
 
@@ -50,22 +51,13 @@ class Settings:
 
 def _pages() -> dict[str, Callable[..., None]]:
     # Imported here so that importing tpmap.server does not pull in every page.
-    from tpmap.apps import diagram
+    from tpmap.apps import annotate, diagram, explore
 
-    pages: dict[str, Callable[..., None]] = {"/atlas": diagram.make_document}
-    try:
-        from tpmap.apps import annotate
-
-        pages["/annotate"] = annotate.make_document
-    except ImportError:  # pragma: no cover - page not built yet
-        pass
-    try:
-        from tpmap.apps import explore
-
-        pages["/explore"] = explore.make_document
-    except ImportError:  # pragma: no cover - page not built yet
-        pass
-    return pages
+    return {
+        "/annotate": annotate.make_document,
+        "/explore": explore.make_document,
+        "/atlas": diagram.make_document,
+    }
 
 
 def _page(make: Callable[..., None], context: dict[str, Any]) -> Callable[[Any], None]:
@@ -89,17 +81,12 @@ def build_server(settings: Settings, *, store: Any = None, **server_kwargs: Any)
     """
     atlas = load_atlas()
     if store is None:
-        try:
-            from tpmap.store import open_store
-        except ImportError:  # pragma: no cover - store not built yet
-            store = None
-        else:
-            store = open_store(settings.database_url)
+        store = open_store(settings.database_url)
     context = {"atlas": atlas, "store": store, "settings": settings}
     apps = {
         path: Application(FunctionHandler(_page(make, context))) for path, make in _pages().items()
     }
-    root = "/annotate" if "/annotate" in apps else "/atlas"
+    root = "/annotate"
     origins = [f"{h}:{settings.port}" for h in {settings.host, "localhost", "127.0.0.1"}]
     server = Server(
         apps,
