@@ -7,9 +7,10 @@ import threading
 from dataclasses import dataclass
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import insert, inspect, text
 
 import store_fixtures
 from tpmap.model import EpisodeInput, MarkInput, PatientInput, SessionInput, ValidationError
@@ -19,9 +20,11 @@ from tpmap.store import (
     current_revision,
     default_database_url,
     head_revision,
+    make_engine,
     open_store,
 )
-from tpmap.store.schema import metadata
+from tpmap.store._migrate import alembic_config
+from tpmap.store.schema import PatientRow, metadata, utcnow
 
 # The shared database fixtures (tests/store_fixtures.py): a Store on SQLite, and on PostgreSQL
 # when TPMAP_TEST_POSTGRES_URL is set.
@@ -95,8 +98,54 @@ def test_reopening_is_idempotent_and_keeps_data(store_url: str) -> None:
     with open_store(store_url) as first:
         first.create_patient({"code": "P-1"}, USER)
     with open_store(store_url) as second, open_store(store_url) as third:
-        assert current_revision(second.engine) == head_revision() == "0001"
+        assert current_revision(second.engine) == head_revision() == "0002"
         assert [p.code for p in third.find_patients("")] == ["P-1"]
+
+
+CHANGE_INDEXES = {
+    "marks": {"ix_marks_created_at", "ix_marks_updated_at", "ix_marks_deleted_at"},
+    "sessions": {"ix_sessions_updated_at"},
+    "mark_changes": {"ix_mark_changes_at"},
+}
+
+
+def index_names(engine: object, table: str) -> set[str]:
+    return {ix["name"] for ix in inspect(engine).get_indexes(table)}  # type: ignore[misc]
+
+
+def test_a_0001_database_is_upgraded_on_open_and_keeps_its_rows(store_url: str) -> None:
+    engine = make_engine(store_url)
+    try:
+        config = alembic_config()
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0001")
+        assert current_revision(engine) == "0001"
+        for table, names in CHANGE_INDEXES.items():
+            assert not names & index_names(engine, table)
+        with engine.begin() as conn:
+            conn.execute(
+                insert(PatientRow).values(
+                    code="P-OLD", sex="unknown", created_at=utcnow(), created_by=USER
+                )
+            )
+    finally:
+        engine.dispose()
+    with Store(store_url) as st:
+        assert current_revision(st.engine) == head_revision()
+        for table, names in CHANGE_INDEXES.items():
+            assert names <= index_names(st.engine, table)
+        assert [p.code for p in st.find_patients("")] == ["P-OLD"]
+
+
+def test_the_change_indexes_are_dropped_on_downgrade(store: Store) -> None:
+    config = alembic_config()
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0001")
+    for table, names in CHANGE_INDEXES.items():
+        assert not names & index_names(store.engine, table)
+    assert current_revision(store.engine) == "0001"
 
 
 def test_a_committed_mark_is_visible_from_a_second_store(clinic: Clinic, store_url: str) -> None:
@@ -218,6 +267,25 @@ def test_soft_deletion_hides_a_mark_but_keeps_it(clinic: Clinic) -> None:
     assert st.counts()["marks"] == 1
     st.restore_mark(gone.id, USER)
     assert len(st.session_marks(clinic.session_id)) == 2
+
+
+def test_restoring_a_mark_stamps_it_as_updated(clinic: Clinic) -> None:
+    st = clinic.store
+    added = st.add_mark(clinic.session_id, mark(), USER)
+    assert added.updated_at is None and added.updated_by is None
+    deleted = st.delete_mark(added.id, USER)
+    assert deleted.updated_at is None
+    restored = st.restore_mark(added.id, "clin-b")
+    assert not restored.deleted and restored.deleted_by is None
+    assert restored.updated_by == "clin-b" and restored.updated_at is not None
+    assert restored.updated_at >= deleted.deleted_at  # type: ignore[operator]
+
+    # Undoing a deletion is a restore too.
+    st.delete_mark(added.id, USER)
+    assert st.undo_last(clinic.session_id, "clin-c") == "Undid deleting the right vmo mark"
+    undone = st.get_mark(added.id)
+    assert not undone.deleted and undone.updated_by == "clin-c"
+    assert undone.updated_at is not None and undone.updated_at > restored.updated_at
 
 
 def test_overriding_the_muscle_is_remembered_and_a_move_clears_it(clinic: Clinic) -> None:

@@ -19,8 +19,8 @@ What a refresh reads
 --------------------
 Marks with ``id`` above the snapshot's highest id, and marks that may have changed since the
 snapshot's high-water mark: ``created_at``, ``updated_at`` or ``deleted_at`` at or after it,
-marks named in ``mark_changes`` entries newer than the last one seen (a *restore* clears
-``deleted_at`` without touching ``updated_at``: only the change log shows it), and every mark
+marks named in ``mark_changes`` entries newer than the last one seen (belt and braces: a
+restore also stamps ``updated_at``, but the log is the record of every change), and every mark
 of a session edited since (its date or clinician may have changed). The high-water mark is
 the time the refresh began less :data:`SAFETY_MARGIN` (PostgreSQL), so a transaction that was
 still open during a refresh (its rows not yet visible, or an id below the highest one seen) is

@@ -545,12 +545,14 @@ class Store:
         if (current["deleted_at"] is not None) == deleted:
             return False
         now = utcnow()
-        values = {"deleted_at": now, "deleted_by": who} if deleted else {}
-        conn.execute(
-            update(_marks)
-            .where(_marks.c.id == current["id"])
-            .values(deleted_at=values.get("deleted_at"), deleted_by=values.get("deleted_by"))
+        # A deletion shows in deleted_at; a restore clears it, so it is stamped as an update
+        # (like an edit) for readers that look for changes by timestamp.
+        values: dict[str, Any] = (
+            {"deleted_at": now, "deleted_by": who}
+            if deleted
+            else {"deleted_at": None, "deleted_by": None, "updated_at": now, "updated_by": who}
         )
+        conn.execute(update(_marks).where(_marks.c.id == current["id"]).values(**values))
         old = current["deleted_at"].isoformat() if current["deleted_at"] else None
         before, after = {"deleted_at": old}, {"deleted_at": now.isoformat() if deleted else None}
         self._log(conn, current, "delete" if deleted else "restore", before, after, who, undo_of)
@@ -565,7 +567,7 @@ class Store:
         return record_from_row(Mark, row)
 
     def restore_mark(self, mark_id: int, user: str) -> Mark:
-        """Bring back a deleted mark."""
+        """Bring back a deleted mark (recorded as an update: ``updated_at``/``updated_by``)."""
         who = _user(user)
         with self._write() as conn:
             self._set_deleted(conn, self._locked_mark(conn, mark_id), False, who)

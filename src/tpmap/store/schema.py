@@ -149,7 +149,8 @@ class SessionRow(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(100))
-    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Indexed (like the marks' change timestamps) for the research snapshot's refresh.
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
     updated_by: Mapped[str | None] = mapped_column(String(100))
 
 
@@ -190,11 +191,12 @@ class MarkRow(Base):
     tp_status: Mapped[str | None] = mapped_column(String(16))
     referral_reproduced: Mapped[bool | None] = mapped_column(Boolean)
     note: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The three timestamps are indexed for the research snapshot's incremental refresh.
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     created_by: Mapped[str] = mapped_column(String(100))
-    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
     updated_by: Mapped[str | None] = mapped_column(String(100))
-    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
     deleted_by: Mapped[str | None] = mapped_column(String(100))
 
 
@@ -258,6 +260,6 @@ class MarkChangeRow(Base):
     action: Mapped[str] = mapped_column(String(16))
     before: Mapped[str | None] = mapped_column(Text)
     after: Mapped[str | None] = mapped_column(Text)
-    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     user: Mapped[str] = mapped_column(String(100))
     undo_of: Mapped[int | None] = mapped_column(ForeignKey("mark_changes.id"), index=True)
