@@ -52,3 +52,46 @@ def test_atlas_png_export(tmp_path):
 def test_atlas_needs_an_output(capsys):
     assert main(["atlas"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_demo_then_heatmap_in_batch(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    assert main(["demo", "--db", url, "--patients", "40", "--seed", "4"]) == 0
+    assert "40 patients" in capsys.readouterr().out
+    # A second demo into the same database is refused without --force.
+    assert main(["demo", "--db", url, "--patients", "5"]) == 1
+    assert "--force" in capsys.readouterr().err
+    out = tmp_path / "fig.html"
+    code = main(
+        [
+            "heatmap",
+            "--db",
+            url,
+            "--view",
+            "posterior",
+            "--condition",
+            "patellofemoral_pain",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    assert "patients" in capsys.readouterr().out
+    assert "Posterior: patellofemoral_pain" in out.read_text()
+    muscles = tmp_path / "muscles.html"
+    assert main(["heatmap", "--db", url, "--mode", "muscles", "--out", str(muscles)]) == 0
+    assert "% of 40 patients with a mark" in muscles.read_text()
+    if shutil.which("chromedriver"):
+        png = tmp_path / "fig.png"
+        assert main(["heatmap", "--db", url, "--view", "anterior", "--out", str(png)]) == 0
+        assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_heatmap_explains_a_wrong_or_empty_database(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    assert main(["heatmap", "--db", url, "--out", str(tmp_path / "x.html")]) == 1
+    assert "is not a tpmap database" in capsys.readouterr().err
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert main(["demo", "--db", url, "--patients", "0"]) == 0
+    assert main(["heatmap", "--db", url, "--out", str(tmp_path / "x.html")]) == 1
+    assert "No patients match" in capsys.readouterr().err

@@ -97,7 +97,11 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
     from tpmap.plotting import density_map, export, muscle_map
 
     atlas = load_atlas()
-    data = research.load_dataset(_db(args))
+    try:
+        data = research.load_dataset(_db(args))
+    except ValueError as exc:
+        print(f"tpmap heatmap: {exc}", file=sys.stderr)
+        return 1
     filters = research.Filters(
         conditions=args.condition or None,
         sexes=args.sex or None,

@@ -41,8 +41,12 @@ __all__ = [
     "density_map",
     "difference_map",
     "export",
+    "image_map",
     "muscle_map",
     "region_source_data",
+    "update_density_map",
+    "update_difference_map",
+    "update_muscle_map",
 ]
 
 VIEW_TITLES = {
@@ -255,6 +259,49 @@ def _blank_figure(atlas: Atlas, view: str, *, height: int, title: str, toolbar: 
     return fig
 
 
+_MAP_COLUMNS = (
+    "n_patients",
+    "n_cohort",
+    "pct",
+    "ci_low",
+    "ci_high",
+    "a",
+    "n_a",
+    "b",
+    "n_b",
+    "pct_a",
+    "pct_b",
+    "diff",
+    "diff_low",
+    "diff_high",
+    "q",
+    "n_marks",
+)
+_SEQ_TIPS = [
+    ("Muscle", "@name"),
+    ("Patients", "@n_patients of @n_cohort"),
+    ("Share", "@pct{0.0} % (95 % CI @ci_low{0.0} to @ci_high{0.0})"),
+    ("Marks", "@n_marks"),
+]
+_DIV_TIPS = [
+    ("Muscle", "@name"),
+    ("A", "@a of @n_a (@pct_a{0.0} %)"),
+    ("B", "@b of @n_b (@pct_b{0.0} %)"),
+    ("A - B", "@diff{+0.0} points (95 % CI @diff_low{+0.0} to @diff_high{+0.0})"),
+    ("q (BH)", "@q{0.000}"),
+]
+
+
+def _set_mapper(mapper: LinearColorMapper, values: np.ndarray, diverging: bool) -> None:
+    finite = values[np.isfinite(values)]
+    if diverging:
+        top = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
+        mapper.update(palette=DIVERGING, low=-top, high=top)
+    else:
+        top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        mapper.update(palette=SEQUENTIAL, low=0, high=top)
+
+
 def muscle_map(
     atlas: Atlas,
     view: str,
@@ -274,7 +321,7 @@ def muscle_map(
     ----------
     atlas : Atlas
     view : str
-    table : pandas.DataFrame
+    table : pandas.DataFrame or None
         One row per ``muscle`` and ``side`` (as from :func:`tpmap.research.muscle_table` or
         :func:`tpmap.research.compare_groups`); ``value`` names the column to colour by.
         Muscles missing from the table (suppressed or never marked) are drawn grey.
@@ -283,51 +330,21 @@ def muscle_map(
         Use a blue-white-red scale centred on zero (for group differences).
     colour_title : str, optional
         Title of the colour bar; say what the colour means and how many patients it covers.
+
+    See Also
+    --------
+    update_muscle_map : change the numbers of an existing map (a page redraws this way).
     """
     fig = _blank_figure(
         atlas, view, height=height, title=title or VIEW_TITLES[view], toolbar=toolbar
     )
     regions = atlas.regions_in(view, layer)
     data = region_source_data(regions)
-    rows = {}
-    if table is not None and len(table):
-        has_side = "side" in table.columns
-        for rec in table.to_dict("records"):
-            rows[(rec["muscle"], rec["side"] if has_side else None)] = rec
-    cols = (
-        "n_patients",
-        "n_cohort",
-        "pct",
-        "ci_low",
-        "ci_high",
-        "a",
-        "n_a",
-        "b",
-        "n_b",
-        "pct_a",
-        "pct_b",
-        "diff",
-        "diff_low",
-        "diff_high",
-        "q",
+    data["value"] = [np.nan] * len(regions)
+    data.update({c: [np.nan] * len(regions) for c in _MAP_COLUMNS})
+    mapper = LinearColorMapper(
+        palette=SEQUENTIAL, low=0, high=1, nan_color=NOT_SHOWN, name="map-mapper"
     )
-    values = []
-    extra: dict[str, list[Any]] = {c: [] for c in cols}
-    for r in regions:
-        rec = rows.get((r.muscle, r.side)) or rows.get((r.muscle, None))
-        values.append(np.nan if rec is None else float(rec[value]))
-        for c in cols:
-            extra[c].append(np.nan if rec is None or c not in rec else rec[c])
-    data["value"] = values
-    data.update(extra)
-    finite = [v for v in values if np.isfinite(v)]
-    if diverging:
-        top = max([abs(v) for v in finite] or [1.0])
-        mapper = LinearColorMapper(palette=DIVERGING, low=-top, high=top, nan_color=NOT_SHOWN)
-    else:
-        mapper = LinearColorMapper(
-            palette=SEQUENTIAL, low=0, high=max(finite or [1.0]), nan_color=NOT_SHOWN
-        )
     source = ColumnDataSource(data, name="map-source")
     patches = fig.patches(
         "xs",
@@ -343,56 +360,90 @@ def muscle_map(
     # Landmarks back on top of the coloured muscles.
     fig.renderers = [r for r in fig.renderers if r is not patches] + [patches]
     _draw_landmarks(fig, atlas, view)
-    if diverging:
-        tips = [
-            ("Muscle", "@name"),
-            ("A", "@a of @n_a (@pct_a{0.0} %)"),
-            ("B", "@b of @n_b (@pct_b{0.0} %)"),
-            ("A - B", "@diff{+0.0} points (95 % CI @diff_low{+0.0} to @diff_high{+0.0})"),
-            ("q (BH)", "@q{0.000}"),
-        ]
-    else:
-        tips = [
-            ("Muscle", "@name"),
-            ("Patients", "@n_patients of @n_cohort"),
-            ("Share", "@pct{0.0} % (95 % CI @ci_low{0.0} to @ci_high{0.0})"),
-        ]
-    fig.add_tools(HoverTool(renderers=[patches], tooltips=tips, point_policy="follow_mouse"))
-    fig.add_layout(_colour_bar(mapper, colour_title or value), "right")
+    fig.add_tools(
+        HoverTool(
+            renderers=[patches], tooltips=_SEQ_TIPS, point_policy="follow_mouse", name="map-hover"
+        )
+    )
+    fig.add_layout(_colour_bar(mapper, ""), "right")
     fig.width += 110
+    update_muscle_map(fig, table, value=value, diverging=diverging, colour_title=colour_title)
     return fig
 
 
-def _image_map(
+def update_muscle_map(
+    fig: figure,
+    table: Any,
+    *,
+    value: str = "pct",
+    diverging: bool = False,
+    title: str | None = None,
+    colour_title: str | None = None,
+) -> None:
+    """Put new numbers on a figure made by :func:`muscle_map`, without rebuilding it.
+
+    Only the numbers, the colour scale and the titles change, so a page sends a few
+    kilobytes to the browser instead of a new figure.
+    """
+    source = fig.select_one({"name": "map-source"})
+    rows: dict[tuple[str, str | None], dict[str, Any]] = {}
+    if table is not None and len(table):
+        has_side = "side" in table.columns
+        for rec in table.to_dict("records"):
+            rows[(rec["muscle"], rec["side"] if has_side else None)] = rec
+    keys = list(zip(source.data["muscle"], source.data["side"], strict=True))
+    found = [rows.get(k) or rows.get((k[0], None)) for k in keys]
+    update: dict[str, list[Any]] = {
+        "value": [np.nan if rec is None else float(rec[value]) for rec in found]
+    }
+    for c in _MAP_COLUMNS:
+        update[c] = [np.nan if rec is None or c not in rec else rec[c] for rec in found]
+    source.data.update(update)
+    _set_mapper(fig.select_one({"name": "map-mapper"}), np.asarray(update["value"]), diverging)
+    fig.select_one({"name": "map-hover"}).tooltips = _DIV_TIPS if diverging else _SEQ_TIPS
+    fig.select_one({"name": "colour-bar"}).title = colour_title or value
+    if title is not None:
+        fig.title.text = title
+
+
+def image_map(
     atlas: Atlas,
     view: str,
-    grid: Any,
-    values: np.ndarray,
+    spec: Any,
     *,
-    diverging: bool,
-    title: str | None,
-    colour_title: str,
-    height: int,
-    toolbar: bool,
-    layer: str,
+    title: str | None = None,
+    height: int = 640,
+    toolbar: bool = True,
+    layer: str = "superficial",
 ) -> figure:
+    """An empty heatmap figure for grids of ``spec`` (a :class:`tpmap.research.GridSpec`).
+
+    Fill it with :func:`update_density_map` or :func:`update_difference_map`.
+    """
     fig = _blank_figure(
         atlas, view, height=height, title=title or VIEW_TITLES[view], toolbar=toolbar
     )
-    finite = values[np.isfinite(values)]
-    if diverging:
-        top = float(np.abs(finite).max()) if finite.size else 1.0
-        mapper = LinearColorMapper(palette=DIVERGING, low=-top, high=top, nan_color=(0, 0, 0, 0))
-    else:
-        top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-        mapper = LinearColorMapper(palette=SEQUENTIAL, low=0, high=top, nan_color=(0, 0, 0, 0))
-    x0, y0, x1, y1 = grid.spec.extent
+    mapper = LinearColorMapper(
+        palette=SEQUENTIAL, low=0, high=1, nan_color=(0, 0, 0, 0), name="map-mapper"
+    )
+    x0, y0, x1, y1 = spec.extent
+    source = ColumnDataSource(
+        {
+            "image": [np.full(spec.shape, np.nan)],
+            "x": [x0],
+            "y": [y0],
+            "dw": [x1 - x0],
+            "dh": [y1 - y0],
+        },
+        name="image-source",
+    )
     img = fig.image(
-        image=[values],
-        x=x0,
-        y=y0,
-        dw=x1 - x0,
-        dh=y1 - y0,
+        image="image",
+        x="x",
+        y="y",
+        dw="dw",
+        dh="dh",
+        source=source,
         color_mapper=mapper,
         name="density-image",
     )
@@ -415,9 +466,27 @@ def _image_map(
         HoverTool(renderers=[img], tooltips=[("Value", "@image{0.00}")]),
         HoverTool(renderers=[outlines], tooltips=[("Muscle", "@name")]),
     )
-    fig.add_layout(_colour_bar(mapper, colour_title), "right")
+    fig.add_layout(_colour_bar(mapper, ""), "right")
     fig.width += 110
     return fig
+
+
+def _set_image(
+    fig: figure, values: np.ndarray, *, diverging: bool, colour_title: str, title: str | None
+) -> None:
+    fig.select_one({"name": "image-source"}).data["image"] = [values]
+    _set_mapper(fig.select_one({"name": "map-mapper"}), values, diverging)
+    fig.select_one({"name": "colour-bar"}).title = colour_title
+    if title is not None:
+        fig.title.text = title
+
+
+def _density_values(grid: Any, n_cohort: int | None) -> tuple[np.ndarray, str]:
+    per_cm2 = grid.values / grid.spec.cell**2
+    if grid.weighting == "marks" or not n_cohort:
+        unit = {"marks": "marks", "patient_cell": "patients", "patient_normalised": "patients"}
+        return per_cm2, f"{unit[grid.weighting]} per cm²"
+    return 100.0 * per_cm2 / n_cohort, f"% of {n_cohort} patients per cm²"
 
 
 def density_map(
@@ -436,24 +505,19 @@ def density_map(
     Values are shown per square centimetre; with a cohort size, patient weightings are
     shown as a percentage of the cohort's patients per cm2.
     """
-    per_cm2 = grid.values / grid.spec.cell**2
-    if grid.weighting == "marks" or not n_cohort:
-        unit = {"marks": "marks", "patient_cell": "patients", "patient_normalised": "patients"}
-        values, label = per_cm2, f"{unit[grid.weighting]} per cm²"
-    else:
-        values, label = 100.0 * per_cm2 / n_cohort, f"% of {n_cohort} patients per cm²"
-    return _image_map(
-        atlas,
-        view,
-        grid,
-        values,
-        diverging=False,
-        title=title,
-        colour_title=label,
-        height=height,
-        toolbar=toolbar,
-        layer=layer,
+    fig = image_map(
+        atlas, view, grid.spec, title=title, height=height, toolbar=toolbar, layer=layer
     )
+    update_density_map(fig, grid, n_cohort=n_cohort)
+    return fig
+
+
+def update_density_map(
+    fig: figure, grid: Any, *, n_cohort: int | None = None, title: str | None = None
+) -> None:
+    """Put a new density grid (same view and grid) on a figure made by :func:`density_map`."""
+    values, label = _density_values(grid, n_cohort)
+    _set_image(fig, values, diverging=False, colour_title=label, title=title)
 
 
 def difference_map(
@@ -471,22 +535,23 @@ def difference_map(
 
     Red: a larger share of group A's patients was needled there; blue: of group B's.
     """
-    values = diff.values / diff.spec.cell**2
+    fig = image_map(
+        atlas, view, diff.spec, title=title, height=height, toolbar=toolbar, layer=layer
+    )
+    update_difference_map(fig, diff, labels=labels)
+    return fig
+
+
+def update_difference_map(
+    fig: figure, diff: Any, *, labels: tuple[str, str] = ("A", "B"), title: str | None = None
+) -> None:
+    """Put a new difference grid on a figure made by :func:`difference_map`."""
     label = (
         f"{labels[0]} (n={diff.n_cohort_a}) minus {labels[1]} (n={diff.n_cohort_b}), "
         "% of patients per cm²"
     )
-    return _image_map(
-        atlas,
-        view,
-        diff,
-        values,
-        diverging=True,
-        title=title,
-        colour_title=label,
-        height=height,
-        toolbar=toolbar,
-        layer=layer,
+    _set_image(
+        fig, diff.values / diff.spec.cell**2, diverging=True, colour_title=label, title=title
     )
 
 

@@ -1238,6 +1238,7 @@ def load_dataset(
     >>> muscle_table(marks, cohort)  # doctest: +SKIP
     """
     from sqlalchemy import Engine as _Engine
+    from sqlalchemy import inspect as sa_inspect
 
     from tpmap import _snapshot
     from tpmap.store import Store as _Store
@@ -1250,6 +1251,15 @@ def load_dataset(
     else:
         engine, owned = make_engine(source), True
     try:
+        missing = {"patients", "episodes", "sessions", "marks"} - set(
+            sa_inspect(engine).get_table_names()
+        )
+        if missing:
+            raise ValueError(
+                f"{engine.url.render_as_string(hide_password=True)} is not a tpmap database "
+                f"(no {', '.join(sorted(missing))} table): check the URL, or open it once "
+                "with tpmap serve or tpmap demo to create the tables"
+            )
         loaded_at = _dt.datetime.now(_dt.UTC)
         directory = _snapshot_dir(engine, snapshot)
         stats = None

@@ -33,7 +33,14 @@ from bokeh.models import (
 
 from tpmap import model, research
 from tpmap.atlas import Atlas, load_atlas
-from tpmap.plotting import VIEW_TITLES, density_map, difference_map, muscle_map
+from tpmap.plotting import (
+    VIEW_TITLES,
+    image_map,
+    muscle_map,
+    update_density_map,
+    update_difference_map,
+    update_muscle_map,
+)
 
 __all__ = ["ExplorePage", "make_document"]
 
@@ -53,6 +60,8 @@ GROUP_BY = {
     "affected_side": "Affected side",
 }
 HEIGHT = 600
+CELL = 0.5  # cm, density grid
+SIGMA = 1.5  # cm, Gaussian smoothing of the density
 
 # A download: Python fills this source, the browser turns it into a file.
 _DOWNLOAD_JS = """
@@ -101,6 +110,7 @@ class ExplorePage:
         self.data = dataset
         self.atlas = atlas
         self.result: Result | None = None
+        self._figures: dict[tuple[str, str, str], Any] = {}
         self._build(min_patients)
         self.update()
 
@@ -348,52 +358,40 @@ class ExplorePage:
             (ca, ma), (cb, mb) = self._groups(cohort, marks)
             na, nb = int(ca["patient_id"].nunique()), int(cb["patient_id"].nunique())
             table = research.compare_groups(ma, ca, mb, cb, min_patients=k)
+            title = f"{VIEW_TITLES[view]}: {labels[0]} vs {labels[1]}"
             if na == 0 or nb == 0:
-                fig = muscle_map(
-                    self.atlas,
-                    view,
-                    None,
-                    layer=layer,
-                    height=HEIGHT,
-                    title=f"{VIEW_TITLES[view]}: a group is empty",
-                )
+                fig = self._figure("muscles", view, layer)
+                update_muscle_map(fig, None, title=f"{VIEW_TITLES[view]}: a group is empty")
                 meaning = "One of the two groups has no patients under these filters."
             elif mode == "density":
+                in_layer = [m.loc[(m["layer"] == layer).to_numpy()] for m in (ma, mb)]
                 diff = research.difference_grid(
-                    ma,
+                    in_layer[0],
                     ca,
-                    mb,
+                    in_layer[1],
                     cb,
                     view,
                     bounds=bounds,
                     mask=outline,
                     min_patients=k,
                     weighting=self.weighting.value,
+                    sigma=SIGMA,
                 )
-                fig = difference_map(
-                    self.atlas,
-                    view,
-                    diff,
-                    labels=labels,
-                    layer=layer,
-                    height=HEIGHT,
-                    title=f"{VIEW_TITLES[view]}: {labels[0]} vs {labels[1]}",
-                )
+                fig = self._figure("difference", view, layer)
+                update_difference_map(fig, diff, labels=labels, title=title)
                 meaning = (
                     f"Red: a larger share of {labels[0]}'s {na} patients was needled there; "
                     f"blue: of {labels[1]}'s {nb} patients (percentage points per cm², "
                     "smoothed). White: no difference."
                 )
             else:
-                fig = muscle_map(
-                    self.atlas,
-                    view,
+                fig = self._figure("muscles", view, layer)
+                update_muscle_map(
+                    fig,
                     table,
-                    layer=layer,
                     value="diff",
                     diverging=True,
-                    height=HEIGHT,
-                    title=f"{VIEW_TITLES[view]}: {labels[0]} vs {labels[1]}",
+                    title=title,
                     colour_title=f"{labels[0]} minus {labels[1]}, percentage points",
                 )
                 meaning = (
@@ -410,33 +408,26 @@ class ExplorePage:
                 mask=outline,
                 min_patients=k,
                 weighting=self.weighting.value,
+                sigma=SIGMA,
             )
-            fig = density_map(
-                self.atlas,
-                view,
-                grid,
-                n_cohort=n,
-                layer=layer,
-                height=HEIGHT,
-                title=f"{VIEW_TITLES[view]}: where needling concentrates",
+            fig = self._figure("density", view, layer)
+            update_density_map(
+                fig, grid, n_cohort=n, title=f"{VIEW_TITLES[view]}: where needling concentrates"
             )
             table = research.muscle_table(marks, cohort, min_patients=k)
             meaning = (
                 f"Smoothed density of marks ({WEIGHTINGS[self.weighting.value].lower()}), "
-                f"Gaussian sigma {grid.spec.cell * 3:g} cm."
+                f"Gaussian sigma {SIGMA:g} cm."
             )
         else:
             table = research.muscle_table(marks, cohort, min_patients=k)
             value = "pct" if mode == "percent" else "n_marks"
-            colour = f"% of {n} patients" if mode == "percent" else "marks"
-            fig = muscle_map(
-                self.atlas,
-                view,
+            fig = self._figure("muscles", view, layer)
+            update_muscle_map(
+                fig,
                 table,
-                layer=layer,
                 value=value,
-                height=HEIGHT,
-                colour_title=colour,
+                colour_title=f"% of {n} patients" if mode == "percent" else "marks",
                 title=f"{VIEW_TITLES[view]}: patients needled per muscle",
             )
             meaning = (
@@ -445,9 +436,8 @@ class ExplorePage:
                 if mode == "percent"
                 else "Colour: number of marks in the muscle."
             )
-        fig.name = "explore-figure"
-        fig.toolbar_location = "below"  # keep the title readable
-        self.figure_holder.children = [fig]
+        if list(self.figure_holder.children) != [fig]:
+            self.figure_holder.children = [fig]
         suppressed = table.attrs.get("n_suppressed", 0)
         self.legend.text = (
             f"<b>{what}.</b> {meaning} Grey: not shown, because fewer than {k} patients are "
@@ -460,6 +450,25 @@ class ExplorePage:
         )
         self._show_table(table)
         self.result = Result(cohort, marks, table, what)
+
+    def _figure(self, kind: str, view: str, layer: str) -> Any:
+        """The page's figure of this kind, view and layer: built once, then updated in place.
+
+        Rebuilding a figure for every filter change would send it whole to the browser and
+        make BokehJS build new views; updating sends only the new numbers.
+        """
+        key = (kind, view, layer)
+        fig = self._figures.get(key)
+        if fig is None:
+            spec = research.GridSpec.from_bounds(self.atlas.bounds(view), CELL)
+            if kind == "muscles":
+                fig = muscle_map(self.atlas, view, None, layer=layer, height=HEIGHT)
+            else:
+                fig = image_map(self.atlas, view, spec, layer=layer, height=HEIGHT)
+            fig.name = "explore-figure"
+            fig.toolbar_location = "below"  # keep the title readable
+            self._figures[key] = fig
+        return fig
 
     def _group_label(self, w: Select) -> str:
         return dict(w.options).get(w.value, w.value) if w.options else ""
