@@ -37,10 +37,22 @@ _SCREEN = """([name, x, y]) => {
   const r = v.el.getBoundingClientRect();
   return [r.left + v.frame.x_scale.compute(x), r.top + v.frame.y_scale.compute(y)];
 }"""
-_SAVED = """([source, n]) => {
-  const d = Bokeh.documents[0].get_model_by_name(source).data;
-  const state = Array.from(d instanceof Map ? d.get("state") : d.state);
-  return state.filter(s => s === "saved").length >= n;
+# Armed before the click: from the pointer going down to the first animation frame in which
+# the mark is in the page as saved (committed), measured by the page's own clock.
+_ARM = """([source, n]) => {
+  window.__tap = new Promise(resolve => {
+    document.addEventListener("pointerdown", () => {
+      const t0 = performance.now();
+      const saved = () => {
+        const d = Bokeh.documents[0].get_model_by_name(source).data;
+        const state = Array.from(d instanceof Map ? d.get("state") : d.state);
+        return state.filter(s => s === "saved").length >= n;
+      };
+      const check = () => saved() ? resolve(performance.now() - t0)
+                                  : requestAnimationFrame(check);
+      requestAnimationFrame(check);
+    }, {once: true, capture: true});
+  });
 }"""
 
 
@@ -87,6 +99,21 @@ def _build_db() -> tuple[int, int]:
     return episode.id, n
 
 
+def _tap_patient() -> str:
+    """A new patient with one empty session today, for the taps of this run."""
+    store = Store(URL)
+    code = f"TAP-{time.time_ns() // 1_000_000}"
+    patient = store.create_patient({"code": code}, "bench")
+    episode = store.create_episode(
+        patient.id,
+        {"condition": "other", "affected_side": "left", "start_date": dt.date.today()},
+        "bench",
+    )
+    store.create_session(episode.id, {"date": dt.date.today(), "clinician": "bench"}, "bench")
+    store.close()
+    return code
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -119,6 +146,7 @@ def main() -> list[tuple[str, str, str]]:
     from playwright.sync_api import sync_playwright
 
     episode_id, n_marks = _build_db()
+    tap_code = _tap_patient()
     proc, url = _serve()
     atlas = load_atlas()
     taps, opens = [], []
@@ -142,9 +170,11 @@ def main() -> list[tuple[str, str, str]]:
                     ".includes('Session of')"
                 )
                 opens.append(1000 * (time.perf_counter() - t0))
-            # A new session to tap in.
-            page.locator(".tp-new-session button").click()
-            page.locator(".tp-create-session button").click()
+            # A patient of its own to tap in, so that BENCH-50 keeps exactly 50 sessions.
+            page.locator(".tp-patient-search input").fill(tap_code)
+            page.locator(".tp-patient-search input").press("Enter")
+            page.wait_for_timeout(500)
+            page.locator(".tp-patient select").select_option(label=tap_code)
             page.wait_for_function(
                 "() => Bokeh.documents[0].get_model_by_name('status').text.includes(': 0 marks')"
             )
@@ -157,14 +187,9 @@ def main() -> list[tuple[str, str, str]]:
                 if atlas.region_at("posterior", x, y) is None:
                     continue
                 sx, sy = page.evaluate(_SCREEN, ["atlas-posterior", x, y])
-                # Measured from Python: it includes Playwright's own round trips (a few ms),
-                # so the figures slightly overstate what a clinician waits.
-                t0 = time.perf_counter()
+                page.evaluate(_ARM, ["marks-posterior", len(taps) + 1])
                 page.mouse.click(sx, sy)
-                page.wait_for_function(
-                    _SAVED, arg=["marks-posterior", len(taps) + 1], polling="raf"
-                )
-                taps.append(1000 * (time.perf_counter() - t0))
+                taps.append(page.evaluate("() => window.__tap"))
                 page.wait_for_timeout(350)  # keep taps apart: each is a plain Tap
             browser.close()
     finally:

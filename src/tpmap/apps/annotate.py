@@ -119,6 +119,12 @@ class _Runner:
         self.pool.submit(work).add_done_callback(back)
 
 
+def _set(model_: Any, attr: str, value: Any) -> None:
+    """Set a property only when it changes: each change is a message to the browser."""
+    if getattr(model_, attr) != value:
+        setattr(model_, attr, value)
+
+
 def _same_columns(old: Any, new: dict[str, list[Any]]) -> bool:
     """True when a source's columns already hold ``new`` (browser edits arrive as arrays)."""
     return set(old) == set(new) and all(list(old[k]) == new[k] for k in new)
@@ -266,8 +272,9 @@ class AnnotatePage:
             widget.name = f"mark-{name}"
             widget.width = 185 if name != "note" else 380
             widget.on_change("value", self._on_mark_field(name))
-        self.mark_form = column(
-            self.mark_title,
+        # Shown only while a mark is selected: one visibility change instead of disabling
+        # every field keeps the page's updates after a tap few and small.
+        self.mark_fields = column(
             row(mw["muscle"], mw["technique"]),
             row(mw["insertions"], mw["depth_mm"]),
             row(mw["ltr_grade"], mw["ltr_count"]),
@@ -276,8 +283,10 @@ class AnnotatePage:
             row(mw["estim_frequency_hz"], mw["estim_intensity_ma"]),
             row(mw["estim_duration_min"], mw["referral_reproduced"]),
             mw["note"],
-            width=PANEL_WIDTH,
+            visible=False,
+            name="mark-fields",
         )
+        self.mark_form = column(self.mark_title, self.mark_fields, width=PANEL_WIDTH)
 
         self.nprs_before = Select(
             title="NPRS before",
@@ -453,13 +462,17 @@ class AnnotatePage:
     # ------------------------------------------------------------------ helpers
     def say(self, text: str, *, error: bool = False) -> None:
         """Show a message in the status line."""
-        self.status.text = text
-        self.status.styles = {
-            "font-size": "15px",
-            "min-height": "22px",
-            "color": "#b00020" if error else "#222",
-            "font-weight": "600" if error else "400",
-        }
+        _set(self.status, "text", text)
+        _set(
+            self.status,
+            "styles",
+            {
+                "font-size": "15px",
+                "min-height": "22px",
+                "color": "#b00020" if error else "#222",
+                "font-weight": "600" if error else "400",
+            },
+        )
 
     def _toggle(self, panel: Any) -> None:
         panel.visible = not panel.visible
@@ -859,34 +872,37 @@ class AnnotatePage:
 
     def _refresh_form(self) -> None:
         m = self.marks.get(self.selected) if self.selected is not None else None
-        self.delete_button.disabled = m is None
+        _set(self.delete_button, "disabled", m is None)
+        _set(self.mark_fields, "visible", m is not None)
         self._loading = True
         try:
             for name, widget in self.mark_widgets.items():
-                widget.disabled = m is None
-                value = getattr(m, name) if m is not None else None
+                if m is None:
+                    continue  # hidden: keep the last values rather than send changes
+                value = getattr(m, name)
                 if isinstance(widget, Select):
                     if name == "referral_reproduced":
                         value = {True: "yes", False: "no"}.get(value, _EMPTY)
                     elif name == "needle_gauge_mm" and value is not None:
                         value = f"{value:.2f}"
-                    widget.value = _EMPTY if value is None else str(value)
+                    _set(widget, "value", _EMPTY if value is None else str(value))
                 elif isinstance(widget, TextAreaInput):
-                    widget.value = value or ""
+                    _set(widget, "value", value or "")
                 else:
-                    widget.value = value
+                    _set(widget, "value", value)
             applies = set(model.fields_for_technique(m.technique if m else None))
             for name in model.ESTIM_FIELDS:
-                self.mark_widgets[name].visible = name in applies
+                _set(self.mark_widgets[name], "visible", name in applies)
         finally:
             self._loading = False
         if m is None:
-            self.mark_title.text = "<i>Tap a muscle to add a mark, or tap a mark to edit it.</i>"
+            title = "<i>Tap a muscle to add a mark, or tap a mark to edit it.</i>"
         else:
-            self.mark_title.text = (
+            title = (
                 f"<b>{self._label(m.muscle, m.side)}</b> · {VIEW_TITLES[m.view]} · {m.layer}"
                 f"{' · muscle set by hand' if m.muscle_overridden else ''}"
             )
+        _set(self.mark_title, "text", title)
 
     def _on_mark_field(self, name: str) -> Callable[[str, Any, Any], None]:
         def changed(_attr: str, _old: Any, new: Any) -> None:

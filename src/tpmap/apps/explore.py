@@ -111,6 +111,7 @@ class ExplorePage:
         self.atlas = atlas
         self.result: Result | None = None
         self._figures: dict[tuple[str, str, str], Any] = {}
+        self._table_fields: tuple[str, ...] = ()
         self._build(min_patients)
         self.update()
 
@@ -501,15 +502,17 @@ class ExplorePage:
             "p": "p",
             "q": "q (BH)",
         }
+        shown = tuple(c for c in t.columns if c in titles)
+        if shown == self._table_fields:
+            return  # same columns: the new rows are enough (new models cost a round trip)
         cols = []
-        for c in t.columns:
-            if c not in titles:
-                continue
+        for c in shown:
             fmt = p if c in ("p", "q") else pct if t[c].dtype.kind == "f" else None
             kwargs = {"formatter": fmt} if fmt is not None else {}
             width = 170 if c == "name" else 60
             cols.append(TableColumn(field=c, title=titles[c], width=width, **kwargs))
         self.table.columns = cols
+        self._table_fields = shown
 
     # ------------------------------------------------------------------ downloads
     def _send(self, filename: str, payload: bytes, mime: str) -> None:
