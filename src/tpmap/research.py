@@ -552,6 +552,7 @@ def _block_cells(
     spec: GridSpec,
     out: np.ndarray,
     scratch: tuple[np.ndarray, np.ndarray],
+    clip: bool = True,
 ) -> None:
     """Write the flat cell index ``iy * nx + ix`` of in-bounds points ``x, y`` into ``out``.
 
@@ -567,12 +568,28 @@ def _block_cells(
     # would subtract in float32 and only then widen.
     np.subtract(y, spec.y0, out=fx, dtype=np.float64)
     np.multiply(fx, inv, out=out, casting="unsafe")
-    np.minimum(out, spec.ny - 1, out=out)  # the far edge, and rounding just below it
+    if clip:
+        np.minimum(out, spec.ny - 1, out=out)  # the far edge, and rounding just below it
     out *= spec.nx
     np.subtract(x, spec.x0, out=fx, dtype=np.float64)
     np.multiply(fx, inv, out=ix, casting="unsafe")
-    np.minimum(ix, spec.nx - 1, out=ix)
+    if clip:
+        np.minimum(ix, spec.nx - 1, out=ix)
     out += ix
+
+
+def _needs_clip(x: np.ndarray, y: np.ndarray, spec: GridSpec) -> bool:
+    """False when no point can land past the last cell, so the clamp can be skipped.
+
+    Subtraction and multiplication round monotonically, so if the largest coordinate maps
+    below the grid's far edge, every coordinate does.
+    """
+    if not len(x):
+        return False
+    inv = 1.0 / spec.cell
+    fx = (np.float64(x.max()) - spec.x0) * inv
+    fy = (np.float64(y.max()) - spec.y0) * inv
+    return not (fx < spec.nx and fy < spec.ny)
 
 
 def _scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -587,9 +604,10 @@ def _cell_index(
     x, y, mask = _in_bounds(x, y, spec)
     cells = np.empty(len(x), dtype=np.int32)
     scratch = _scratch(len(x))
+    clip = _needs_clip(x, y, spec)
     for start in range(0, len(x), _BLOCK):
         stop = start + _BLOCK
-        _block_cells(x[start:stop], y[start:stop], spec, cells[start:stop], scratch)
+        _block_cells(x[start:stop], y[start:stop], spec, cells[start:stop], scratch, clip)
     return cells, mask
 
 
@@ -617,10 +635,11 @@ def bin_counts(
     counts = np.zeros(ncells, dtype=np.int64 if weights is None else np.float64)
     scratch = _scratch(len(x))
     block = np.empty(len(scratch[0]), dtype=np.int32)
+    clip = _needs_clip(x, y, spec)
     for start in range(0, len(x), _BLOCK):
         stop = start + _BLOCK
         cells = block[: len(x[start:stop])]
-        _block_cells(x[start:stop], y[start:stop], spec, cells, scratch)
+        _block_cells(x[start:stop], y[start:stop], spec, cells, scratch, clip)
         w = None if weights is None else weights[start:stop]
         counts += np.bincount(cells, weights=w, minlength=ncells)
     return counts.astype(float).reshape(spec.shape)
