@@ -105,3 +105,24 @@ def test_a_tap_off_the_body_says_so(serve, page):
         "t => Bokeh.documents[0].get_model_by_name('status').text !== t", arg=before
     )
     assert "nothing was saved" in status(page).lower()
+
+
+def test_a_finger_tap_on_a_tablet_is_kept(serve, page, tmp_path):
+    url = f"sqlite:///{tmp_path / 'touch.db'}"
+    store = Store(url)
+    patient = store.create_patient({"code": "P-TOUCH"}, "t")
+    episode = store.create_episode(
+        patient.id,
+        {"condition": "lateral_knee_pain", "affected_side": "left", "start_date": "2026-01-05"},
+        "t",
+    )
+    session = store.create_session(episode.id, {"date": "2026-01-06", "clinician": "AB"}, "t")
+    server = serve(url)
+    page.goto(server.url + "/annotate")
+    wait_for_bokeh(page)
+    page.locator(".tp-patient select").select_option(label="P-TOUCH")
+    wait_status(page, "0 marks")
+    page.touchscreen.tap(*screen_xy(page, "atlas-anterior", *inside("anterior", "vmo", "left")))
+    wait_status(page, "Saved: Vastus medialis obliquus (left)")
+    assert [m.muscle for m in wait_marks(store, session.id, 1)] == ["vmo"]
+    store.close()

@@ -95,3 +95,14 @@ def test_heatmap_explains_a_wrong_or_empty_database(tmp_path, capsys):
     assert main(["demo", "--db", url, "--patients", "0"]) == 0
     assert main(["heatmap", "--db", url, "--out", str(tmp_path / "x.html")]) == 1
     assert "No patients match" in capsys.readouterr().err
+
+
+def test_atlas_svg_export(tmp_path):
+    if not shutil.which("chromedriver"):
+        if os.environ.get("TPMAP_REQUIRE_BROWSER") == "1":
+            pytest.fail("SVG export needs chromium-driver, which CI installs")
+        pytest.skip("needs chromium-driver")
+    out = tmp_path / "atlas.svg"
+    assert main(["atlas", "--out", str(out), "--height", "300"]) == 0
+    text = out.read_text()
+    assert text.lstrip().startswith("<svg") or "<svg" in text[:500]
