@@ -349,8 +349,15 @@ class ExplorePage:
         marks_v = marks.loc[((marks["view"] == view) & (marks["layer"] == layer)).to_numpy()]
         n = int(cohort["patient_id"].nunique())
         labels = (self._group_label(self.group_a), self._group_label(self.group_b))
-        bounds = self.atlas.bounds(view)
-        outline = self.atlas.outline(view)
+        # One grid for every density on the page: the figures are built for it.
+        grid = {
+            "bounds": self.atlas.bounds(view),
+            "mask": self.atlas.outline(view),
+            "cell": CELL,
+            "sigma": SIGMA,
+            "weighting": self.weighting.value,
+            "min_patients": k,
+        }
         what = (
             f"{n} patients in the filtered cohort (with or without marks); "
             f"{len(marks)} marks, {len(marks_v)} on this view and layer"
@@ -366,18 +373,7 @@ class ExplorePage:
                 meaning = "One of the two groups has no patients under these filters."
             elif mode == "density":
                 in_layer = [m.loc[(m["layer"] == layer).to_numpy()] for m in (ma, mb)]
-                diff = research.difference_grid(
-                    in_layer[0],
-                    ca,
-                    in_layer[1],
-                    cb,
-                    view,
-                    bounds=bounds,
-                    mask=outline,
-                    min_patients=k,
-                    weighting=self.weighting.value,
-                    sigma=SIGMA,
-                )
+                diff = research.difference_grid(in_layer[0], ca, in_layer[1], cb, view, **grid)
                 fig = self._figure("difference", view, layer)
                 update_difference_map(fig, diff, labels=labels, title=title)
                 meaning = (
@@ -402,18 +398,10 @@ class ExplorePage:
                 )
             what = f"Group A: {labels[0]}, {na} patients. Group B: {labels[1]}, {nb} patients"
         elif mode == "density":
-            grid = research.density_grid(
-                marks_v,
-                view,
-                bounds=bounds,
-                mask=outline,
-                min_patients=k,
-                weighting=self.weighting.value,
-                sigma=SIGMA,
-            )
+            density = research.density_grid(marks_v, view, **grid)
             fig = self._figure("density", view, layer)
             update_density_map(
-                fig, grid, n_cohort=n, title=f"{VIEW_TITLES[view]}: where needling concentrates"
+                fig, density, n_cohort=n, title=f"{VIEW_TITLES[view]}: where needling concentrates"
             )
             table = research.muscle_table(marks, cohort, min_patients=k)
             meaning = (
