@@ -783,9 +783,22 @@ def _outside_mask(mask: np.ndarray | shapely.Geometry | None, spec: GridSpec) ->
     return ~mask
 
 
-# Boolean voxels per chunk of the (patient, y, x) bitmap: 32 MB keeps memory flat whatever
-# the number of patients while staying large enough for numpy to be efficient.
+# Bytes per chunk of the bit-packed (patient-word, y, x) bitmap: 32 MB keeps memory flat
+# whatever the number of patients while staying large enough for numpy to be efficient.
 _BITMAP_BUDGET = 1 << 25
+
+
+def _or_dilate(cube: np.ndarray, half: int, axis: int) -> np.ndarray:
+    """Bitwise OR of each element with its neighbours up to ``half`` away along ``axis``."""
+    out = cube.copy()
+    n = cube.shape[axis]
+    for d in range(1, min(half, n - 1) + 1):
+        dst_hi = [slice(None)] * cube.ndim
+        src_lo = [slice(None)] * cube.ndim
+        dst_hi[axis], src_lo[axis] = slice(d, None), slice(None, n - d)
+        out[tuple(dst_hi)] |= cube[tuple(src_lo)]
+        out[tuple(src_lo)] |= cube[tuple(dst_hi)]
+    return out
 
 
 def _patient_cell_counts(
@@ -793,38 +806,41 @@ def _patient_cell_counts(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distinct patients per cell, and per (2*half+1)-square window, both flat ``(ncells,)``.
 
-    Each patient's marked cells become one layer of a boolean (patient, y, x) bitmap, built
-    by scatter (no sort, no hashing of (patient, cell) keys). Summing the layers counts
-    distinct patients per cell; dilating each layer by the square window (two separable
-    max filters) first counts distinct patients per window. Patients are processed in
+    Patients are bits: 64 to a word of a (word, y, x) bitmap built by scatter-OR (no sort,
+    no hashing of (patient, cell) keys). Counting set bits over the words gives distinct
+    patients per cell; dilating every bit plane by the square window first (bitwise OR of
+    shifted copies, separable in x and y) gives distinct patients per window. Bit-packing
+    makes this 64 times less work than a byte per patient and cell; words are processed in
     chunks so that memory stays at about ``_BITMAP_BUDGET`` bytes.
     """
     ny, nx = spec.shape
     ncells = nx * ny
-    chunk = max(1, _BITMAP_BUDGET // ncells)
-    n_chunks = -(-n_patients // chunk)
+    n_words = -(-n_patients // 64)
+    chunk = max(1, _BITMAP_BUDGET // (8 * ncells))  # words per chunk
+    n_chunks = -(-n_words // chunk)
     distinct = np.zeros(ncells, dtype=np.int64)
     support = np.zeros(ncells, dtype=np.int64)
-    if n_chunks == 1:
+    word = codes >> 6
+    bit = np.left_shift(np.uint64(1), (codes & 63).astype(np.uint64))
+    if n_chunks <= 1:
         groups: Iterable[tuple[int, np.ndarray | slice]] = [(0, slice(None))]
     else:
         # Group the marks by chunk with one stable sort of small integers (radix sort).
-        chunk_of = (codes // chunk).astype(np.int16 if n_chunks < 2**15 else np.int32)
+        chunk_of = (word // chunk).astype(np.int16 if n_chunks < 2**15 else np.int32)
         order = np.argsort(chunk_of, kind="stable")
         starts = np.concatenate(([0], np.cumsum(np.bincount(chunk_of, minlength=n_chunks))))
         groups = [(k, order[starts[k] : starts[k + 1]]) for k in range(n_chunks)]
     for k, idx in groups:
         lo = k * chunk
-        size = min(chunk, n_patients - lo)
-        bitmap = np.zeros(size * ncells, dtype=np.uint8)
-        local = (codes[idx] - lo).astype(np.int64) * ncells + cells[idx]
-        bitmap[local] = 1
+        size = min(chunk, n_words - lo)
+        bitmap = np.zeros(size * ncells, dtype=np.uint64)
+        local = (word[idx] - lo).astype(np.int64) * ncells + cells[idx]
+        np.bitwise_or.at(bitmap, local, bit[idx])
         cube = bitmap.reshape(size, ny, nx)
-        distinct += cube.sum(axis=0, dtype=np.int64).ravel()
+        distinct += np.bitwise_count(cube).sum(axis=0, dtype=np.int64).ravel()
         if half > 0:
-            cube = ndimage.maximum_filter1d(cube, 2 * half + 1, axis=2, mode="constant")
-            cube = ndimage.maximum_filter1d(cube, 2 * half + 1, axis=1, mode="constant")
-        support += cube.sum(axis=0, dtype=np.int64).ravel()
+            cube = _or_dilate(_or_dilate(cube, half, axis=2), half, axis=1)
+        support += np.bitwise_count(cube).sum(axis=0, dtype=np.int64).ravel()
     return distinct, support
 
 
