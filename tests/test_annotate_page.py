@@ -175,6 +175,16 @@ def test_session_panel_nprs_ppt_and_adverse_events(page, store):
     page._add_ae()  # missing type: message, nothing stored
     assert len(store.list_adverse_events(page.session.id)) == 1
     assert page.status.styles["color"] == "#b00020"
+    # Entered by mistake: taken out again.
+    page._remove_ppt()  # nothing chosen: a message, nothing removed
+    assert "Choose the reading" in page.status.text
+    page.ppt_pick.value = page.ppt_pick.options[1][0]
+    page._remove_ppt()
+    assert store.list_pressure_pain_thresholds(page.session.id) == []
+    page.ae_pick.value = page.ae_pick.options[1][0]
+    page._remove_ae()
+    assert store.list_adverse_events(page.session.id) == []
+    assert "No adverse events recorded" in page.ae_list.text
 
 
 def test_create_patient_episode_and_session_from_the_page(store):

@@ -308,6 +308,9 @@ class AnnotatePage:
         )
         add_ppt = Button(label="Add", name="add-ppt", width=60, align="end")
         self.ppt_list = Div(text="", name="ppt-list")
+        # A reading entered by mistake can be taken out again (it is a hard delete).
+        self.ppt_pick = Select(title="Entered by mistake?", options=[], name="ppt-pick", width=250)
+        remove_ppt = Button(label="Remove", name="remove-ppt", width=80, align="end")
         self.ae_type = Select(
             title="Adverse event",
             options=_opts(model.ADVERSE_EVENT_TYPES, model.ADVERSE_EVENT_TYPE_LABELS),
@@ -319,12 +322,16 @@ class AnnotatePage:
         )
         add_ae = Button(label="Add", name="add-ae", width=60, align="end")
         self.ae_list = Div(text="", name="ae-list")
+        self.ae_pick = Select(title="Entered by mistake?", options=[], name="ae-pick", width=250)
+        remove_ae = Button(label="Remove", name="remove-ae", width=80, align="end")
         session_panel = column(
             row(self.nprs_before, self.nprs_after),
             row(self.ppt_site, self.ppt_value, add_ppt),
             self.ppt_list,
+            row(self.ppt_pick, remove_ppt),
             row(self.ae_type, self.ae_severity, add_ae),
             self.ae_list,
+            row(self.ae_pick, remove_ae),
             width=PANEL_WIDTH,
         )
 
@@ -371,6 +378,8 @@ class AnnotatePage:
         self.delete_button.on_click(self._delete)
         add_ppt.on_click(self._add_ppt)
         add_ae.on_click(self._add_ae)
+        remove_ppt.on_click(self._remove_ppt)
+        remove_ae.on_click(self._remove_ae)
 
         header = row(
             self.search,
@@ -993,19 +1002,57 @@ class AnnotatePage:
         return changed
 
     def _show_ppts(self, ppts: list[Any]) -> None:
+        labels = [(str(p.id), f"{p.site}: {p.kg_cm2:g} kg/cm²") for p in ppts]
         self.ppt_list.text = (
-            "".join(f"<div>{p.site}: {p.kg_cm2:g} kg/cm²</div>" for p in ppts)
+            "".join(f"<div>{text}</div>" for _, text in labels)
             or "<i>No pressure pain thresholds yet.</i>"
         )
+        self.ppt_pick.options = [(_EMPTY, "—"), *labels]
+        self.ppt_pick.value = _EMPTY
 
     def _show_aes(self, aes: list[Any]) -> None:
+        labels = [
+            (str(a.id), f"{model.ADVERSE_EVENT_TYPE_LABELS.get(a.type, a.type)} ({a.severity})")
+            for a in aes
+        ]
         self.ae_list.text = (
-            "".join(
-                f"<div>{model.ADVERSE_EVENT_TYPE_LABELS.get(a.type, a.type)} ({a.severity})</div>"
-                for a in aes
-            )
+            "".join(f"<div>{text}</div>" for _, text in labels)
             or "<i>No adverse events recorded.</i>"
         )
+        self.ae_pick.options = [(_EMPTY, "—"), *labels]
+        self.ae_pick.value = _EMPTY
+
+    def _remove_ppt(self) -> None:
+        if self.session_id is None or not self.ppt_pick.value:
+            self.say("Choose the reading to remove first.", error=True)
+            return
+        session_id, reading = self.session_id, int(self.ppt_pick.value)
+
+        def work():
+            self.store.delete_pressure_pain_threshold(reading, self.user)
+            return self.store.list_pressure_pain_thresholds(session_id)
+
+        def done(ppts) -> None:
+            self._show_ppts(ppts)
+            self.say("Pressure pain threshold removed.")
+
+        self.run.submit(work, done, lambda exc: self.say(_message(exc), error=True))
+
+    def _remove_ae(self) -> None:
+        if self.session_id is None or not self.ae_pick.value:
+            self.say("Choose the adverse event to remove first.", error=True)
+            return
+        session_id, event = self.session_id, int(self.ae_pick.value)
+
+        def work():
+            self.store.delete_adverse_event(event, self.user)
+            return self.store.list_adverse_events(session_id)
+
+        def done(aes) -> None:
+            self._show_aes(aes)
+            self.say("Adverse event removed.")
+
+        self.run.submit(work, done, lambda exc: self.say(_message(exc), error=True))
 
     def _add_ppt(self) -> None:
         if self.session_id is None:
