@@ -364,3 +364,13 @@ def test_mirror_moves_a_position_to_the_other_side(atlas):
     view, x, y = atlas.mirror("lateral_left", p.x, p.y)
     assert view == "lateral_right"
     assert atlas.region_at(view, x, y).muscle == "iliotibial_band"
+
+
+def test_warm_builds_every_index_and_changes_no_answer():
+    from tpmap.atlas import Atlas
+
+    fresh = Atlas(json.loads((assets_dir() / "atlas.json").read_text()))
+    fresh.warm()
+    assert {v for v, _ in fresh._indexes} == set(VIEWS)
+    p = fresh.region("anterior", "vmo", "left").polygon.representative_point()
+    assert fresh.region_at("anterior", p.x, p.y).muscle == "vmo"

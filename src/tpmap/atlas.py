@@ -447,6 +447,15 @@ class Atlas:
             raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
         return view
 
+    def warm(self) -> None:
+        """Build the hit-testing indexes of every view now (about a second in all).
+
+        They are otherwise built on the first tap in each view; a server calls this in the
+        background at start so that no clinician's first tap waits for it.
+        """
+        for view in self.views:
+            self._both(view)
+
     def _index(self, view: str, layer: str) -> _LayerIndex:
         key = (view, layer)
         idx = self._indexes.get(key)

@@ -8,6 +8,7 @@ store (the database) and the atlas (read-only).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +104,7 @@ def build_server(settings: Settings, *, store: Any = None, **server_kwargs: Any)
     """
     _enable_nodelay()
     atlas = load_atlas()
+    threading.Thread(target=atlas.warm, name="tpmap-atlas-warm", daemon=True).start()
     if store is None:
         store = open_store(settings.database_url)
     context = {"atlas": atlas, "store": store, "settings": settings}
