@@ -8,7 +8,7 @@ Examples
 --------
 >>> from tpmap import load_atlas
 >>> atlas = load_atlas()
->>> atlas.region_at("anterior", 5.0, 59.0).muscle
+>>> atlas.region_at("anterior", 5.0, 54.0).muscle
 'vmo'
 >>> atlas.region_at("anterior", 30.0, 59.0) is None
 True
@@ -529,7 +529,7 @@ class Atlas:
         Examples
         --------
         >>> atlas = load_atlas()
-        >>> idx = atlas.classify("anterior", [5.0, 30.0], [59.0, 59.0])
+        >>> idx = atlas.classify("anterior", [5.0, 30.0], [54.0, 54.0])
         >>> [atlas.regions[i].muscle if i >= 0 else None for i in idx]
         ['vmo', None]
         """
