@@ -42,6 +42,7 @@ from bokeh.models import (
 from bokeh.plotting import figure
 
 from tpmap import model
+from tpmap.apps import tag_widgets
 from tpmap.atlas import Atlas, load_atlas
 from tpmap.plotting import VIEW_TITLES, atlas_figure
 
@@ -406,12 +407,7 @@ class AnnotatePage:
                 name="annotate-page",
             )
         )
-        # A stable CSS class per named widget (tp-<name>): Bokeh renders into shadow DOM, and
-        # these let browser tests and custom styles find the widgets.
-        for root in self.doc.roots:
-            for m in root.references():
-                if m.name and hasattr(m, "css_classes") and not m.css_classes:
-                    m.css_classes = [f"tp-{m.name}"]
+        tag_widgets(self.doc)
         self._show_view(0)
         self._refresh_form()
         self._search("")

@@ -32,6 +32,7 @@ from bokeh.models import (
 )
 
 from tpmap import model, research
+from tpmap.apps import tag_widgets
 from tpmap.atlas import Atlas, load_atlas
 from tpmap.plotting import (
     VIEW_TITLES,
@@ -273,10 +274,7 @@ class ExplorePage:
         self.doc.title = "tpmap: explore"
         self.doc.add_root(row(controls, self.main, name="explore-page"))
         self.doc.add_root(self.download)  # not drawn, but it must reach the browser
-        for root in self.doc.roots:
-            for m in root.references():
-                if m.name and hasattr(m, "css_classes") and not m.css_classes:
-                    m.css_classes = [f"tp-{m.name}"]
+        tag_widgets(self.doc)
 
     def _group_options(self, *, reset: bool, redraw: bool = True) -> None:
         by = self.group_by.value
