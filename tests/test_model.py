@@ -236,7 +236,7 @@ def test_adverse_event_of_type_other_needs_a_note() -> None:
         "note": "Describe the adverse event in the note"
     }
     assert errors_of(validate_adverse_event_fields, {"type": "bruising", "severity": "bad"}) == {
-        "severity": "Severity must be one of: mild, significant, serious"
+        "severity": "Severity must be one of: Mild, Significant, Serious"
     }
 
 
@@ -335,3 +335,44 @@ def test_arbitrary_form_input_either_validates_or_explains(fields: dict[str, obj
         assert set(exc.errors) <= set(fields)
     else:
         assert set(cleaned) == set(fields)
+
+
+# -- one definition per field ----------------------------------------------------------------------
+
+
+def test_every_field_has_one_specification_with_label_and_message() -> None:
+    for record, specs in model.FIELDS.items():
+        for name, spec in specs.items():
+            assert spec.name == name, (record, name)
+            assert spec.label and spec.message, (record, name)
+            if spec.kind in ("int", "float"):
+                assert spec.minimum is not None and spec.maximum is not None
+                assert spec.minimum < spec.maximum
+                assert spec.hint == f"{spec.minimum:g}–{spec.maximum:g}"
+            if spec.kind == "choice":
+                assert [i for i, _ in spec.options()] == list(spec.choices)
+    # A name shared by several records (note, side, date) means the same everywhere.
+    shared: dict[str, set[str]] = {}
+    for specs in model.FIELDS.values():
+        for name, spec in specs.items():
+            shared.setdefault(name, set()).add(spec.label)
+    assert {n: labels for n, labels in shared.items() if len(labels) > 1} == {}
+    assert model.FIELD_LABELS["depth_mm"] == "Depth"
+
+
+def test_a_spec_cleans_formats_and_explains() -> None:
+    depth = model.MARK_FIELDS["depth_mm"]
+    assert depth.title == "Depth (mm)" and depth.numeric
+    assert depth.clean(" 12,5 ") == 12.5 and depth.clean("") is None
+    assert depth.format(12.5) == "12.5" and depth.format(None) == ""
+    with pytest.raises(ValueError, match=r"^Depth is between 0 and 150 mm$"):
+        depth.clean("151")
+    technique = model.MARK_FIELDS["technique"]
+    assert technique.format("pistoning") == "Pistoning (fast-in/fast-out)"
+    assert technique.clean("Static") == "static"
+    flag = model.MARK_FIELDS["referral_reproduced"]
+    assert (flag.format(True), flag.format(False), flag.clean("no")) == ("Yes", "No", False)
+    assert model.PATIENT_FIELDS["birth_year"].numeric
+    assert model.SESSION_FIELD_SPECS["nprs_before"].message == "NPRS is a whole number from 0 to 10"
+    assert model.VIEW_LABELS["lateral_left"] == "Lateral (left)"
+    assert set(model.LAYER_LABELS) == set(model.LAYERS)

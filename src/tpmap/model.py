@@ -16,24 +16,32 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
+    "ADVERSE_EVENT_FIELDS",
     "ADVERSE_EVENT_TYPES",
     "ADVERSE_EVENT_TYPE_LABELS",
     "AFFECTED_SIDES",
     "CONDITIONS",
     "CONDITION_LABELS",
     "ELECTRICAL_TECHNIQUES",
+    "EPISODE_FIELDS",
     "ESTIM_FIELDS",
+    "FIELDS",
     "FIELD_LABELS",
-    "FIELD_UNITS",
     "LAYERS",
+    "LAYER_LABELS",
     "LTR_GRADES",
     "MARK_DETAIL_FIELDS",
+    "MARK_FIELDS",
     "MAX_NOTE_LENGTH",
+    "OUTCOME_FIELDS",
     "OUTCOME_INSTRUMENTS",
+    "PATIENT_FIELDS",
+    "PPT_FIELDS",
     "SESSION_FIELDS",
+    "SESSION_FIELD_SPECS",
     "SEVERITIES",
     "SEXES",
     "SIDES",
@@ -41,12 +49,14 @@ __all__ = [
     "TECHNIQUE_LABELS",
     "TP_STATUSES",
     "VIEWS",
+    "VIEW_LABELS",
     "AdverseEventInput",
     "AdverseEventType",
     "AffectedSide",
     "Condition",
     "Direction",
     "EpisodeInput",
+    "FieldSpec",
     "Instrument",
     "Layer",
     "LtrGrade",
@@ -228,12 +238,13 @@ ADVERSE_EVENT_TYPE_LABELS: dict[str, str] = {
     "nausea": "Nausea",
     "other": "Other",
 }
-_VIEW_LABELS = {
+VIEW_LABELS: dict[str, str] = {
     "anterior": "Anterior",
     "posterior": "Posterior",
     "lateral_left": "Lateral (left)",
     "lateral_right": "Lateral (right)",
 }
+LAYER_LABELS: dict[str, str] = {"superficial": "Superficial", "deep": "Deep"}
 
 ELECTRICAL_TECHNIQUES: frozenset[str] = frozenset({"electrical", "periosteal_electrical"})
 
@@ -305,101 +316,6 @@ def kg_cm2_to_kpa(kg_cm2: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Per-mark fields
-# --------------------------------------------------------------------------------------------
-
-MAX_NOTE_LENGTH = 2000
-
-ESTIM_FIELDS: tuple[str, ...] = ("estim_frequency_hz", "estim_intensity_ma", "estim_duration_min")
-
-#: The clinical details of a mark, in the order a form shows them.
-MARK_DETAIL_FIELDS: tuple[str, ...] = (
-    "technique",
-    "insertions",
-    "ltr_grade",
-    "ltr_count",
-    "depth_mm",
-    "needle_length_mm",
-    "needle_gauge_mm",
-    "retention_min",
-    *ESTIM_FIELDS,
-    "tp_status",
-    "referral_reproduced",
-    "note",
-)
-_MARK_POSITION_FIELDS = ("view", "x", "y", "muscle", "side", "layer", "atlas_version")
-_MARK_FIELDS = (*_MARK_POSITION_FIELDS, "muscle_overridden", *MARK_DETAIL_FIELDS)
-
-SESSION_FIELDS: tuple[str, ...] = ("date", "clinician", "nprs_before", "nprs_after", "note")
-
-FIELD_LABELS: dict[str, str] = {
-    "view": "View",
-    "x": "Position x",
-    "y": "Position y",
-    "muscle": "Muscle",
-    "side": "Side",
-    "layer": "Layer",
-    "atlas_version": "Atlas version",
-    "muscle_overridden": "Muscle overridden",
-    "technique": "Technique",
-    "insertions": "Insertions",
-    "ltr_grade": "Twitch response",
-    "ltr_count": "Twitch count",
-    "depth_mm": "Depth",
-    "needle_length_mm": "Needle length",
-    "needle_gauge_mm": "Needle diameter",
-    "retention_min": "Retention time",
-    "estim_frequency_hz": "Stimulation frequency",
-    "estim_intensity_ma": "Stimulation intensity",
-    "estim_duration_min": "Stimulation duration",
-    "tp_status": "Trigger point",
-    "referral_reproduced": "Referral reproduced",
-    "note": "Note",
-    "code": "Patient code",
-    "sex": "Sex",
-    "birth_year": "Birth year",
-    "condition": "Condition",
-    "affected_side": "Affected side",
-    "start_date": "Start date",
-    "symptom_duration_weeks": "Symptom duration",
-    "date": "Date",
-    "clinician": "Clinician",
-    "nprs_before": "NPRS before",
-    "nprs_after": "NPRS after",
-    "site": "Site",
-    "kg_cm2": "Pressure pain threshold",
-    "type": "Adverse event",
-    "severity": "Severity",
-    "instrument": "Instrument",
-    "score": "Score",
-}
-FIELD_UNITS: dict[str, str] = {
-    "depth_mm": "mm",
-    "needle_length_mm": "mm",
-    "needle_gauge_mm": "mm",
-    "retention_min": "min",
-    "estim_frequency_hz": "Hz",
-    "estim_intensity_ma": "mA",
-    "estim_duration_min": "min",
-    "kg_cm2": "kg/cm2",
-    "symptom_duration_weeks": "weeks",
-    "x": "cm",
-    "y": "cm",
-}
-
-
-def fields_for_technique(technique: str | None) -> tuple[str, ...]:
-    """Return the mark detail fields that apply to ``technique``, in form order.
-
-    Stimulation settings only apply to the electrical techniques; every other field applies
-    to all of them. ``None`` (technique not chosen yet) gives the non-electrical set.
-    """
-    if is_electrical(technique):
-        return MARK_DETAIL_FIELDS
-    return tuple(f for f in MARK_DETAIL_FIELDS if f not in ESTIM_FIELDS)
-
-
-# --------------------------------------------------------------------------------------------
 # Coercion of raw form/CSV values
 # --------------------------------------------------------------------------------------------
 
@@ -412,8 +328,8 @@ class ValidationError(ValueError):
         super().__init__("; ".join(self.errors.values()))
 
 
-class _FieldError(Exception):
-    """Internal: one field's message, collected by the validators into a ValidationError."""
+def _fmt(number: float | None) -> str:
+    return "" if number is None else f"{number:g}"
 
 
 def _blank(value: object) -> bool:
@@ -542,32 +458,190 @@ def _note(value: object) -> str:
     return _text(value, "Note", MAX_NOTE_LENGTH)
 
 
+ESTIM_FIELDS: tuple[str, ...] = ("estim_frequency_hz", "estim_intensity_ma", "estim_duration_min")
+
 # --------------------------------------------------------------------------------------------
-# The validators
+# Field specifications: the ONE definition of every field a user can type. Validation, the
+# pages' widgets (title, unit, range hint, choices), reports and the CLI's choices read them.
 # --------------------------------------------------------------------------------------------
 
-_Rule = Callable[[object], object]
+MAX_NOTE_LENGTH = 2000
+
+FieldKind = Literal["int", "float", "choice", "flag", "text", "date", "custom"]
 
 
-def _range_int(label: str, lo: int, hi: int, unit: str = "") -> _Rule:
-    suffix = f" {unit}" if unit else ""
-    message = f"{label} is a whole number from {lo} to {hi}{suffix}"
-    return lambda v: coerce_int(v, lo, hi, message)
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """What one field means: its label, unit, range or choices, and the message when it is wrong.
+
+    Parameters
+    ----------
+    name
+        The stable column name (``depth_mm``).
+    label
+        What a clinician reads next to the field (``Depth``).
+    kind
+        ``int``, ``float``, ``choice``, ``flag`` (yes/no), ``text``, ``date``, or ``custom``
+        (a rule of its own in ``parse``).
+    unit
+        Shown after the label and in range messages (``mm``).
+    minimum, maximum
+        The accepted range of numbers (inclusive).
+    step
+        A widget hint: the natural increment.
+    choices, choice_labels
+        Stable ids and their labels, in the order a form offers them.
+    max_length
+        Longest accepted text.
+    noun
+        The field's name in messages when it differs from the label (``NPRS``).
+    empty
+        What a blank text becomes (``""`` for notes; ``None`` otherwise).
+    parse
+        A rule replacing the kind's own (patient codes, muscle ids).
+
+    Examples
+    --------
+    >>> spec = MARK_FIELDS["depth_mm"]
+    >>> spec.title, spec.clean("12,5")
+    ('Depth (mm)', 12.5)
+    >>> spec.clean("999")
+    Traceback (most recent call last):
+    ...
+    ValueError: Depth is between 0 and 150 mm
+    """
+
+    name: str
+    label: str
+    kind: FieldKind
+    unit: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] = ()
+    choice_labels: tuple[tuple[str, str], ...] = ()
+    max_length: int | None = None
+    noun: str | None = None
+    empty: str | None = None
+    parse: Callable[[object], Any] | None = None
+
+    @property
+    def title(self) -> str:
+        """The label with its unit, as a form shows it: ``Depth (mm)``."""
+        return f"{self.label} ({self.unit})" if self.unit else self.label
+
+    @property
+    def numeric(self) -> bool:
+        """True for whole numbers and decimals (and custom rules with a numeric range)."""
+        return self.kind in ("int", "float") or (self.kind == "custom" and self.minimum is not None)
+
+    @property
+    def hint(self) -> str:
+        """A short range hint for an empty field: ``0-150``."""
+        if self.minimum is None or self.maximum is None:
+            return ""
+        return f"{_fmt(self.minimum)}–{_fmt(self.maximum)}"
+
+    @property
+    def message(self) -> str:
+        """The clinician's message when a value is not accepted."""
+        noun = self.noun or self.label
+        unit = f" {self.unit}" if self.unit else ""
+        if self.kind == "int":
+            return (
+                f"{noun} is a whole number from {_fmt(self.minimum)} to {_fmt(self.maximum)}{unit}"
+            )
+        if self.kind == "float":
+            return f"{noun} is between {_fmt(self.minimum)} and {_fmt(self.maximum)}{unit}"
+        if self.kind == "flag":
+            return f"{noun} is yes or no"
+        if self.kind == "choice":
+            labels = dict(self.choice_labels)
+            shown = ", ".join(labels.get(c, c.replace("_", " ")) for c in self.choices)
+            return f"{noun} must be one of: {shown}"
+        if self.kind == "date":
+            return f"{noun} must be a date such as 2024-03-15"
+        if self.kind == "text":
+            return f"{noun} is at most {self.max_length} characters"
+        return f"{noun} is not valid"
+
+    def label_of(self, value: str | None) -> str:
+        """The label of a choice id (the id itself, readable, when it has none)."""
+        if value is None:
+            return ""
+        return dict(self.choice_labels).get(value) or value.replace("_", " ").capitalize()
+
+    def options(self) -> list[tuple[str, str]]:
+        """``(id, label)`` pairs of a choice field, in form order."""
+        return [(c, self.label_of(c)) for c in self.choices]
+
+    def format(self, value: object) -> str:
+        """A stored value as a form or report shows it (``12.5``, ``Yes``, ``Static``)."""
+        if value is None or value == "":
+            return ""
+        if self.kind == "flag":
+            return "Yes" if value else "No"
+        if self.kind == "choice":
+            return self.label_of(str(value))
+        if isinstance(value, dt.date):
+            return value.isoformat()
+        if isinstance(value, float):
+            return _fmt(value)
+        return str(value)
+
+    def clean(self, value: object) -> Any:
+        """The typed value of ``value`` (blank gives None); raise ValueError(message) if wrong."""
+        if self.parse is not None:
+            return self.parse(value)
+        kind = self.kind
+        if kind == "int":
+            return coerce_int(value, int(self.minimum or 0), int(self.maximum or 0), self.message)
+        if kind == "float":
+            return coerce_float(
+                value, float(self.minimum or 0), float(self.maximum or 0), self.message
+            )
+        if kind == "flag":
+            return coerce_bool(value, self.message)
+        if kind == "choice":
+            if _blank(value):
+                return None
+            labels = dict(self.choice_labels)
+            return _choice(value, self.choices, labels, self.noun or self.label)
+        if kind == "date":
+            return None if _blank(value) else _date(value, self.noun or self.label)
+        if kind == "text":
+            text = _text(value, self.noun or self.label, self.max_length or MAX_NOTE_LENGTH)
+            return text or self.empty
+        raise TypeError(f"field {self.name} of kind {kind} needs a parse rule")
 
 
-def _fmt(number: float) -> str:
-    return f"{number:g}"
+def _specs(*specs: FieldSpec) -> dict[str, FieldSpec]:
+    return {s.name: s for s in specs}
 
 
-def _range_float(label: str, lo: float, hi: float, unit: str = "") -> _Rule:
-    suffix = f" {unit}" if unit else ""
-    message = f"{label} is between {_fmt(lo)} and {_fmt(hi)}{suffix}"
-    return lambda v: coerce_float(v, lo, hi, message)
+def _int(name: str, label: str, lo: int, hi: int, unit: str = "", **kw: Any) -> FieldSpec:
+    return FieldSpec(name, label, "int", unit, lo, hi, step=1, **kw)
 
 
-def _enum(choices: Iterable[str], label: str, labels: Mapping[str, str] | None = None) -> _Rule:
-    allowed = tuple(choices)
-    return lambda v: None if _blank(v) else _choice(v, allowed, labels or {}, label)
+def _float(
+    name: str, label: str, lo: float, hi: float, unit: str = "", step: float = 1, **kw: Any
+) -> FieldSpec:
+    return FieldSpec(name, label, "float", unit, lo, hi, step=step, **kw)
+
+
+def _choice_spec(
+    name: str, label: str, ids: tuple[str, ...], labels: Mapping[str, str] | None = None, **kw: Any
+) -> FieldSpec:
+    pairs = tuple((i, (labels or {}).get(i) or i.replace("_", " ").capitalize()) for i in ids)
+    return FieldSpec(name, label, "choice", choices=ids, choice_labels=pairs, **kw)
+
+
+def _text_spec(name: str, label: str, max_length: int, **kw: Any) -> FieldSpec:
+    return FieldSpec(name, label, "text", max_length=max_length, **kw)
+
+
+def _note_spec() -> FieldSpec:
+    return _text_spec("note", "Note", MAX_NOTE_LENGTH, empty="")
 
 
 _MUSCLE_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -581,49 +655,164 @@ def _muscle(value: object) -> str | None:
     raise ValueError("Muscle must be a muscle id from the diagram, such as vmo or gluteus_medius")
 
 
-def _coordinate(name: str) -> _Rule:
-    # Diagram coordinates are centimetres on a reference body; anything beyond 10 m is garbage.
-    return _range_float(f"Position {name}", -1000.0, 1000.0, "cm")
+# Patient codes: pseudonymous ids, never names (ANATOMY.md section 3).
+_CODE = re.compile(r"^[A-Za-z0-9_-]{2,32}$")
+_CODE_NAME_MESSAGE = (
+    "Patient code must not look like a name: use a pseudonymous code such as P-0042"
+)
 
 
-def _short_text(label: str, max_length: int = 64) -> _Rule:
-    return lambda v: _text(v, label, max_length) or None
+def _code(value: object) -> str | None:
+    if _blank(value):
+        return None
+    if not isinstance(value, str):
+        raise ValueError("Patient code must be text such as P-0042")
+    text = value.strip()
+    if " " in text or "," in text:
+        raise ValueError(_CODE_NAME_MESSAGE)
+    if not _CODE.match(text):
+        raise ValueError(
+            "Patient code is 2 to 32 letters, digits, '-' or '_', such as P-0042 "
+            "(a pseudonymous code, never a name)"
+        )
+    return text
 
 
-def _flag(label: str) -> _Rule:
-    return lambda v: coerce_bool(v, f"{label} is yes or no")
+def _birth_year(value: object) -> int | None:
+    year = _today().year
+    return coerce_int(value, 1900, year, "Birth year must be between 1900 and this year")
 
 
-_MARK_RULES: dict[str, _Rule] = {
-    "view": _enum(VIEWS, "View", _VIEW_LABELS),
-    "x": _coordinate("x"),
-    "y": _coordinate("y"),
-    "muscle": _muscle,
-    "side": _enum(SIDES, "Side"),
-    "layer": _enum(LAYERS, "Layer"),
-    "atlas_version": _short_text("Atlas version"),
-    "muscle_overridden": _flag("Muscle overridden"),
-    "technique": _enum(TECHNIQUES, "Technique", TECHNIQUE_LABELS),
-    "insertions": _range_int("Insertions", 0, 100),
-    "ltr_grade": _enum(LTR_GRADES, "Twitch response"),
-    "ltr_count": _range_int("Twitch count", 0, 100),
-    "depth_mm": _range_float("Depth", 0, 150, "mm"),
-    "needle_length_mm": _range_float("Needle length", 5, 150, "mm"),
-    "needle_gauge_mm": _range_float("Needle diameter", 0.12, 0.5, "mm"),
-    "retention_min": _range_float("Retention time", 0, 60, "min"),
-    "estim_frequency_hz": _range_float("Stimulation frequency", 0, 250, "Hz"),
-    "estim_intensity_ma": _range_float("Stimulation intensity", 0, 50, "mA"),
-    "estim_duration_min": _range_float("Stimulation duration", 0, 60, "min"),
-    "tp_status": _enum(TP_STATUSES, "Trigger point status"),
-    "referral_reproduced": _flag("Referral reproduced"),
-    "note": _note,
+#: The clinical details of a mark, in the order a form shows them.
+MARK_DETAIL_FIELDS: tuple[str, ...] = (
+    "technique",
+    "insertions",
+    "ltr_grade",
+    "ltr_count",
+    "depth_mm",
+    "needle_length_mm",
+    "needle_gauge_mm",
+    "retention_min",
+    *ESTIM_FIELDS,
+    "tp_status",
+    "referral_reproduced",
+    "note",
+)
+_MARK_POSITION_FIELDS = ("view", "x", "y", "muscle", "side", "layer", "atlas_version")
+
+MARK_FIELDS: dict[str, FieldSpec] = _specs(
+    _choice_spec("view", "View", VIEWS, VIEW_LABELS),
+    # Diagram coordinates are centimetres on a reference body; beyond 10 m is garbage.
+    _float("x", "Position x", -1000.0, 1000.0, "cm", step=0.1),
+    _float("y", "Position y", -1000.0, 1000.0, "cm", step=0.1),
+    FieldSpec("muscle", "Muscle", "custom", parse=_muscle),
+    _choice_spec("side", "Side", SIDES),
+    _choice_spec("layer", "Layer", LAYERS, LAYER_LABELS),
+    _text_spec("atlas_version", "Atlas version", 64),
+    FieldSpec("muscle_overridden", "Muscle overridden", "flag"),
+    _choice_spec("technique", "Technique", TECHNIQUES, TECHNIQUE_LABELS),
+    _int("insertions", "Insertions", 0, 100),
+    _choice_spec("ltr_grade", "Twitch response", LTR_GRADES),
+    _int("ltr_count", "Twitch count", 0, 100),
+    _float("depth_mm", "Depth", 0, 150, "mm"),
+    _float("needle_length_mm", "Needle length", 5, 150, "mm", step=5),
+    _float("needle_gauge_mm", "Needle diameter", 0.12, 0.5, "mm", step=0.01),
+    _float("retention_min", "Retention time", 0, 60, "min"),
+    _float("estim_frequency_hz", "Stimulation frequency", 0, 250, "Hz"),
+    _float("estim_intensity_ma", "Stimulation intensity", 0, 50, "mA", step=0.5),
+    _float("estim_duration_min", "Stimulation duration", 0, 60, "min"),
+    _choice_spec("tp_status", "Trigger point", TP_STATUSES, noun="Trigger point status"),
+    FieldSpec("referral_reproduced", "Referral reproduced", "flag"),
+    _note_spec(),
+)
+PATIENT_FIELDS: dict[str, FieldSpec] = _specs(
+    FieldSpec("code", "Patient code", "custom", parse=_code),
+    _choice_spec("sex", "Sex", SEXES),
+    FieldSpec("birth_year", "Birth year", "custom", minimum=1900, step=1, parse=_birth_year),
+)
+EPISODE_FIELDS: dict[str, FieldSpec] = _specs(
+    _choice_spec("condition", "Condition", CONDITIONS, CONDITION_LABELS),
+    _choice_spec("affected_side", "Affected side", AFFECTED_SIDES),
+    FieldSpec("start_date", "Start date", "date"),
+    _int("symptom_duration_weeks", "Symptom duration", 0, 5200, "weeks"),
+    _note_spec(),
+)
+SESSION_FIELD_SPECS: dict[str, FieldSpec] = _specs(
+    FieldSpec("date", "Date", "date", noun="Session date"),
+    _text_spec("clinician", "Clinician", 100),
+    _int("nprs_before", "NPRS before", 0, 10, noun="NPRS"),
+    _int("nprs_after", "NPRS after", 0, 10, noun="NPRS"),
+    _note_spec(),
+)
+SESSION_FIELDS: tuple[str, ...] = tuple(SESSION_FIELD_SPECS)
+PPT_FIELDS: dict[str, FieldSpec] = _specs(
+    _text_spec("site", "Site", 64),
+    _choice_spec("side", "Side", SIDES),
+    _float("kg_cm2", "Pressure pain threshold", 0, 20, "kg/cm2", step=0.1),
+)
+ADVERSE_EVENT_FIELDS: dict[str, FieldSpec] = _specs(
+    _choice_spec("type", "Adverse event", ADVERSE_EVENT_TYPES, ADVERSE_EVENT_TYPE_LABELS),
+    _choice_spec("severity", "Severity", SEVERITIES),
+    _note_spec(),
+)
+
+
+def _instrument(value: object) -> str | None:
+    labels = {k: i.label for k, i in OUTCOME_INSTRUMENTS.items()}
+    return None if _blank(value) else _choice(value, OUTCOME_INSTRUMENTS, labels, "Instrument")
+
+
+OUTCOME_FIELDS: dict[str, FieldSpec] = _specs(
+    FieldSpec(
+        "instrument",
+        "Instrument",
+        "custom",
+        choices=tuple(OUTCOME_INSTRUMENTS),
+        choice_labels=tuple((k, i.label) for k, i in OUTCOME_INSTRUMENTS.items()),
+        parse=_instrument,
+    ),
+    # The range depends on the instrument: checked in validate_outcome_fields.
+    FieldSpec("score", "Score", "custom", parse=lambda v: None if _blank(v) else v),
+    FieldSpec("date", "Date", "date", noun="Outcome date"),
+)
+
+#: Every record a user can type, by name: the specifications of its fields in form order.
+FIELDS: dict[str, dict[str, FieldSpec]] = {
+    "patient": PATIENT_FIELDS,
+    "episode": EPISODE_FIELDS,
+    "session": SESSION_FIELD_SPECS,
+    "mark": MARK_FIELDS,
+    "pressure_pain_threshold": PPT_FIELDS,
+    "adverse_event": ADVERSE_EVENT_FIELDS,
+    "outcome": OUTCOME_FIELDS,
 }
-_MARK_REQUIRED = _MARK_POSITION_FIELDS
+
+#: Labels by column name, derived from :data:`FIELDS` (a name shared by records, such as
+#: ``note`` or ``side``, has the same label in each).
+FIELD_LABELS: dict[str, str] = {
+    name: spec.label for specs in FIELDS.values() for name, spec in specs.items()
+}
+
+
+def fields_for_technique(technique: str | None) -> tuple[str, ...]:
+    """Return the mark detail fields that apply to ``technique``, in form order.
+
+    Stimulation settings only apply to the electrical techniques; every other field applies
+    to all of them. ``None`` (technique not chosen yet) gives the non-electrical set.
+    """
+    if is_electrical(technique):
+        return MARK_DETAIL_FIELDS
+    return tuple(f for f in MARK_DETAIL_FIELDS if f not in ESTIM_FIELDS)
+
+
+# --------------------------------------------------------------------------------------------
+# The validators
+# --------------------------------------------------------------------------------------------
 
 
 def _apply(
     raw: Mapping[str, object],
-    rules: Mapping[str, _Rule],
+    specs: Mapping[str, FieldSpec],
     required: Iterable[str],
     *,
     partial: bool,
@@ -633,22 +822,22 @@ def _apply(
     errors: dict[str, str] = {}
     cleaned: dict[str, Any] = {}
     for key in raw:
-        if key not in rules:
+        if key not in specs:
             errors[key] = f"Unknown field: {key}"
-    names = [k for k in rules if k in raw] if partial else list(rules)
+    names = [k for k in specs if k in raw] if partial else list(specs)
     for name in names:
         value = raw.get(name)
         if _blank(value) and defaults and name in defaults and not partial:
             value = defaults[name]
         try:
-            cleaned[name] = rules[name](value)
+            cleaned[name] = specs[name].clean(value)
         except ValueError as exc:
             errors[name] = str(exc)
     for name in required:
         if name in errors or (partial and name not in raw):
             continue
         if cleaned.get(name) is None:
-            errors[name] = f"{FIELD_LABELS.get(name, name)} is required"
+            errors[name] = f"{specs[name].label} is required"
     return cleaned, errors
 
 
@@ -680,8 +869,8 @@ def validate_mark_fields(fields: Mapping[str, object], *, partial: bool = False)
     """
     cleaned, errors = _apply(
         fields,
-        _MARK_RULES,
-        _MARK_REQUIRED,
+        MARK_FIELDS,
+        _MARK_POSITION_FIELDS,
         partial=partial,
         defaults={"muscle_overridden": False},
     )
@@ -705,59 +894,15 @@ def validate_mark_fields(fields: Mapping[str, object], *, partial: bool = False)
     return cleaned
 
 
-# Patient codes: pseudonymous ids, never names (ANATOMY.md section 3).
-_CODE = re.compile(r"^[A-Za-z0-9_-]{2,32}$")
-_CODE_NAME_MESSAGE = (
-    "Patient code must not look like a name: use a pseudonymous code such as P-0042"
-)
-
-
-def _code(value: object) -> str | None:
-    if _blank(value):
-        return None
-    if not isinstance(value, str):
-        raise ValueError("Patient code must be text such as P-0042")
-    text = value.strip()
-    if " " in text or "," in text:
-        raise ValueError(_CODE_NAME_MESSAGE)
-    if not _CODE.match(text):
-        raise ValueError(
-            "Patient code is 2 to 32 letters, digits, '-' or '_', such as P-0042 "
-            "(a pseudonymous code, never a name)"
-        )
-    return text
-
-
-def _birth_year(value: object) -> int | None:
-    year = _today().year
-    return coerce_int(value, 1900, year, "Birth year must be between 1900 and this year")
-
-
-_PATIENT_RULES: dict[str, _Rule] = {
-    "code": _code,
-    "sex": _enum(SEXES, "Sex"),
-    "birth_year": _birth_year,
-}
-
-
 def validate_patient_fields(
     fields: Mapping[str, object], *, partial: bool = False
 ) -> dict[str, Any]:
     """Validate a patient: pseudonymous ``code``, ``sex`` (default unknown), ``birth_year``."""
     cleaned, errors = _apply(
-        fields, _PATIENT_RULES, ("code", "sex"), partial=partial, defaults={"sex": "unknown"}
+        fields, PATIENT_FIELDS, ("code", "sex"), partial=partial, defaults={"sex": "unknown"}
     )
     _raise(errors)
     return cleaned
-
-
-_EPISODE_RULES: dict[str, _Rule] = {
-    "condition": _enum(CONDITIONS, "Condition", CONDITION_LABELS),
-    "affected_side": _enum(AFFECTED_SIDES, "Affected side"),
-    "start_date": lambda v: None if _blank(v) else _date(v, "Start date"),
-    "symptom_duration_weeks": _range_int("Symptom duration", 0, 5200, "weeks"),
-    "note": _note,
-}
 
 
 def validate_episode_fields(
@@ -765,77 +910,37 @@ def validate_episode_fields(
 ) -> dict[str, Any]:
     """Validate an episode of care: condition, affected side, start date, duration, note."""
     cleaned, errors = _apply(
-        fields, _EPISODE_RULES, ("condition", "affected_side", "start_date"), partial=partial
+        fields, EPISODE_FIELDS, ("condition", "affected_side", "start_date"), partial=partial
     )
     _raise(errors)
     return cleaned
-
-
-def _clinician(value: object) -> str | None:
-    return _text(value, "Clinician", 100) or None
-
-
-_SESSION_RULES: dict[str, _Rule] = {
-    "date": lambda v: None if _blank(v) else _date(v, "Session date"),
-    "clinician": _clinician,
-    "nprs_before": _range_int("NPRS", 0, 10),
-    "nprs_after": _range_int("NPRS", 0, 10),
-    "note": _note,
-}
 
 
 def validate_session_fields(
     fields: Mapping[str, object], *, partial: bool = False
 ) -> dict[str, Any]:
     """Validate a treatment session: date (not in the future), clinician, NPRS before/after."""
-    cleaned, errors = _apply(fields, _SESSION_RULES, ("date", "clinician"), partial=partial)
+    cleaned, errors = _apply(fields, SESSION_FIELD_SPECS, ("date", "clinician"), partial=partial)
     _raise(errors)
     return cleaned
-
-
-_PPT_RULES: dict[str, _Rule] = {
-    "site": _short_text("Site"),
-    "side": _enum(SIDES, "Side"),
-    "kg_cm2": _range_float("Pressure pain threshold", 0, 20, "kg/cm2"),
-}
 
 
 def validate_ppt_fields(fields: Mapping[str, object], *, partial: bool = False) -> dict[str, Any]:
     """Validate a pressure pain threshold reading (kg/cm2, 0-20) at a site."""
-    cleaned, errors = _apply(fields, _PPT_RULES, ("site", "kg_cm2"), partial=partial)
+    cleaned, errors = _apply(fields, PPT_FIELDS, ("site", "kg_cm2"), partial=partial)
     _raise(errors)
     return cleaned
-
-
-_ADVERSE_RULES: dict[str, _Rule] = {
-    "type": _enum(ADVERSE_EVENT_TYPES, "Adverse event", ADVERSE_EVENT_TYPE_LABELS),
-    "severity": _enum(SEVERITIES, "Severity"),
-    "note": _note,
-}
 
 
 def validate_adverse_event_fields(
     fields: Mapping[str, object], *, partial: bool = False
 ) -> dict[str, Any]:
     """Validate an adverse event: type, severity and note (required when the type is other)."""
-    cleaned, errors = _apply(fields, _ADVERSE_RULES, ("type", "severity"), partial=partial)
+    cleaned, errors = _apply(fields, ADVERSE_EVENT_FIELDS, ("type", "severity"), partial=partial)
     if cleaned.get("type") == AdverseEventType.OTHER and not cleaned.get("note"):
         errors.setdefault("note", "Describe the adverse event in the note")
     _raise(errors)
     return cleaned
-
-
-def _instrument(value: object) -> str | None:
-    labels = {k: i.label for k, i in OUTCOME_INSTRUMENTS.items()}
-    return None if _blank(value) else _choice(value, OUTCOME_INSTRUMENTS, labels, "Instrument")
-
-
-_OUTCOME_RULES: dict[str, _Rule] = {
-    "instrument": _instrument,
-    # The range depends on the instrument: checked in validate_outcome_fields.
-    "score": lambda v: None if _blank(v) else v,
-    "date": lambda v: None if _blank(v) else _date(v, "Outcome date"),
-}
 
 
 def _score(spec: Instrument, raw: object) -> float | None:
@@ -855,7 +960,7 @@ def validate_outcome_fields(
 ) -> dict[str, Any]:
     """Validate an outcome measure: instrument, score within that instrument's range, date."""
     cleaned, errors = _apply(
-        fields, _OUTCOME_RULES, ("instrument", "score", "date"), partial=partial
+        fields, OUTCOME_FIELDS, ("instrument", "score", "date"), partial=partial
     )
     if cleaned.get("score") is not None:
         spec = OUTCOME_INSTRUMENTS.get(cleaned.get("instrument") or "")
