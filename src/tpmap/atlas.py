@@ -4,12 +4,19 @@ Coordinates are centimetres on a reference adult (y up from the floor; x = 0 on 
 midline of the anterior and posterior views). Anatomical sides are the patient's: on the
 anterior view the patient's right is at negative x, on the posterior view at positive x.
 
+Regions lie in three layers: ``superficial`` and ``deep`` muscles, and ``structures``: the
+ligaments, tendons and periosteal sites around the knee and hip that are needled too (the
+MPFL, the joint line, ...). Every region has a ``kind`` (:data:`tpmap.model.KINDS`). A
+region's id is :attr:`Region.muscle`, whatever its kind: it is the id a mark stores.
+
 Examples
 --------
 >>> from tpmap import load_atlas
 >>> atlas = load_atlas()
 >>> atlas.region_at("anterior", 5.0, 54.0).muscle
 'vmo'
+>>> atlas.region_at("anterior", 5.0, 54.0, layer="structures").muscle
+'mpfl'
 >>> atlas.region_at("anterior", 30.0, 59.0) is None
 True
 """
@@ -30,8 +37,12 @@ import shapely
 from shapely.geometry import Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
+from tpmap import model
+
 __all__ = [
     "LAYERS",
+    "LAYER_LABELS",
+    "MUSCLE_LAYERS",
     "VIEWS",
     "Atlas",
     "Landmark",
@@ -42,7 +53,16 @@ __all__ = [
 ]
 
 VIEWS = ("anterior", "posterior", "lateral_left", "lateral_right")
-LAYERS = ("superficial", "deep")
+#: Every layer of the diagram (the stored ``marks.layer`` values).
+LAYERS: tuple[str, ...] = model.LAYERS
+#: The layers of muscles (and fascia): what a tap looks in when no layer is given.
+MUSCLE_LAYERS: tuple[str, ...] = (model.Layer.SUPERFICIAL.value, model.Layer.DEEP.value)
+#: What clinicians call each layer: the one place for the layer switch's labels.
+LAYER_LABELS: dict[str, str] = {
+    model.Layer.SUPERFICIAL.value: "Superficial",
+    model.Layer.DEEP.value: "Deep",
+    model.Layer.STRUCTURES.value: "Ligaments, tendons, bone",
+}
 
 # Raster cell codes (non-negative codes are region indices).
 _EMPTY = -1  # no region anywhere in the cell
@@ -77,7 +97,11 @@ def mirror_view(view: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Region:
-    """One muscle (or muscle part) on one side, in one view and layer."""
+    """One muscle (or muscle part, or needled structure) on one side, in one view and layer.
+
+    ``muscle`` is the region's stable id whatever its ``kind`` (``"vmo"``, ``"mpfl"``,
+    ``"medial_joint_line"``): the id a mark stores.
+    """
 
     index: int
     muscle: str
@@ -90,6 +114,7 @@ class Region:
     uberon: str | None = None
     fma: str | None = None
     short: str = ""
+    kind: str = model.Kind.MUSCLE.value
 
     @property
     def label(self) -> str:
@@ -379,6 +404,9 @@ class Atlas:
         self.grid: float = data["grid"]
         regions = []
         for i, r in enumerate(data["regions"]):
+            kind = r.get("kind", model.Kind.MUSCLE.value)  # atlases before 2026.12 had no kind
+            if kind not in model.KINDS or r["layer"] not in LAYERS:
+                raise ValueError(f"atlas region {r['muscle']}: unknown kind or layer")
             regions.append(
                 Region(
                     index=i,
@@ -392,6 +420,7 @@ class Atlas:
                     uberon=r.get("uberon"),
                     fma=r.get("fma"),
                     short=r.get("short", r["name"]),
+                    kind=kind,
                 )
             )
         self.regions: tuple[Region, ...] = tuple(regions)
@@ -402,8 +431,10 @@ class Atlas:
         self._outlines = {v: shape(d["outline"]) for v, d in data["views"].items()}
         self._bounds = {v: tuple(d["bounds"]) for v, d in data["views"].items()}
         self.views: tuple[str, ...] = tuple(v for v in VIEWS if v in self._outlines)
+        #: Every region id (muscles and structures), in atlas order.
         self.muscles: tuple[str, ...] = tuple(dict.fromkeys(r.muscle for r in regions))
         self._names = {r.muscle: r.name for r in regions}
+        self._kinds = {r.muscle: r.kind for r in regions}
         self._indexes: dict[tuple[str, str], _LayerIndex] = {}
         self._merged: dict[str, tuple[_LayerIndex, _LayerIndex, np.ndarray, array]] = {}
 
@@ -420,8 +451,30 @@ class Atlas:
         return self._bounds[self._check_view(view)]  # type: ignore[return-value]
 
     def muscle_name(self, muscle: str) -> str:
-        """Display name of a muscle id, e.g. ``"vmo"`` -> ``"Vastus medialis obliquus"``."""
+        """Display name of a region id, e.g. ``"vmo"`` -> ``"Vastus medialis obliquus"``.
+
+        Every region has one, structures too: ``"mpfl"`` -> ``"Medial patellofemoral
+        ligament"``. KeyError for an id the atlas does not draw.
+        """
         return self._names[muscle]
+
+    def kind(self, region_id: str) -> str:
+        """The kind of a region id (one of :data:`tpmap.model.KINDS`).
+
+        Examples
+        --------
+        >>> atlas = load_atlas()
+        >>> atlas.kind("vmo"), atlas.kind("mpfl"), atlas.kind("iliotibial_band")
+        ('muscle', 'ligament', 'fascia')
+        """
+        return self._kinds[region_id]
+
+    def ids_of_kind(self, *kinds: str) -> tuple[str, ...]:
+        """Region ids of the given kinds, in atlas order (e.g. every periosteal site)."""
+        unknown = set(kinds) - set(model.KINDS)
+        if unknown:
+            raise ValueError(f"unknown kind {sorted(unknown)[0]!r}; choose from {model.KINDS}")
+        return tuple(m for m in self.muscles if self._kinds[m] in kinds)
 
     def regions_in(self, view: str, layer: str | None = None) -> list[Region]:
         """Regions of one view (and layer, if given), in atlas order."""
@@ -455,13 +508,14 @@ class Atlas:
         """
         for view in self.views:
             self._both(view)
+            self._index(view, model.Layer.STRUCTURES.value)
 
     def _index(self, view: str, layer: str) -> _LayerIndex:
         key = (view, layer)
         idx = self._indexes.get(key)
         if idx is None:
             if layer not in LAYERS:
-                raise ValueError(f"unknown layer {layer!r}; choose superficial or deep")
+                raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(LAYERS)}")
             idx = _LayerIndex(self.regions_in(view, layer), self.bounds(view))
             self._indexes[key] = idx
         return idx
@@ -484,7 +538,7 @@ class Atlas:
 
     # -------------------------------------------------------------- hit testing
     def region_at(self, view: str, x: float, y: float, layer: str | None = None) -> Region | None:
-        """The region under one tap, or None off every muscle.
+        """The region under one tap, or None off every region.
 
         Parameters
         ----------
@@ -492,8 +546,10 @@ class Atlas:
             One of :data:`VIEWS`.
         x, y : float
             Diagram coordinates in centimetres.
-        layer : {"superficial", "deep"}, optional
-            Look in one layer only; by default the superficial region, else the deep one.
+        layer : {"superficial", "deep", "structures"}, optional
+            Look in one layer only; by default the superficial muscle, else the deep one
+            (structures are looked up only on their own layer: they lie on bone under the
+            muscles, so a tap on the muscle diagram names the muscle).
 
         Notes
         -----
@@ -524,7 +580,8 @@ class Atlas:
         Returns
         -------
         numpy.ndarray of int32
-            For each point the index into :attr:`regions`, or -1 off every muscle.
+            For each point the index into :attr:`regions`, or -1 off every region (of
+            ``layer``; by default of the muscle layers).
 
         Examples
         --------

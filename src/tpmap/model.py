@@ -28,6 +28,8 @@ __all__ = [
     "ESTIM_FIELDS",
     "FIELD_LABELS",
     "FIELD_UNITS",
+    "KINDS",
+    "KIND_LABELS",
     "LAYERS",
     "LTR_GRADES",
     "MARK_DETAIL_FIELDS",
@@ -48,6 +50,7 @@ __all__ = [
     "Direction",
     "EpisodeInput",
     "Instrument",
+    "Kind",
     "Layer",
     "LtrGrade",
     "MarkInput",
@@ -128,10 +131,21 @@ class View(StrEnum):
 
 
 class Layer(StrEnum):
-    """Muscle layer: what the diagram shows on top, or underneath."""
+    """Diagram layer: muscles on top or underneath, or the non-muscle structures."""
 
     SUPERFICIAL = "superficial"
     DEEP = "deep"
+    STRUCTURES = "structures"  # ligaments, tendons, periosteal sites (atlas ``kind``)
+
+
+class Kind(StrEnum):
+    """What kind of tissue a diagram region is: the needled structure, not its layer."""
+
+    MUSCLE = "muscle"
+    LIGAMENT = "ligament"
+    TENDON = "tendon"
+    PERIOSTEUM = "periosteum"
+    FASCIA = "fascia"
 
 
 class Technique(StrEnum):
@@ -198,6 +212,7 @@ SIDES: tuple[str, ...] = _ids(Side)
 AFFECTED_SIDES: tuple[str, ...] = _ids(AffectedSide)
 VIEWS: tuple[str, ...] = _ids(View)
 LAYERS: tuple[str, ...] = _ids(Layer)
+KINDS: tuple[str, ...] = _ids(Kind)
 TECHNIQUES: tuple[str, ...] = _ids(Technique)
 LTR_GRADES: tuple[str, ...] = _ids(LtrGrade)
 TP_STATUSES: tuple[str, ...] = _ids(TpStatus)
@@ -227,6 +242,13 @@ ADVERSE_EVENT_TYPE_LABELS: dict[str, str] = {
     "headache": "Headache",
     "nausea": "Nausea",
     "other": "Other",
+}
+KIND_LABELS: dict[str, str] = {
+    "muscle": "Muscle",
+    "ligament": "Ligament",
+    "tendon": "Tendon",
+    "periosteum": "Periosteum (bone)",
+    "fascia": "Fascia",
 }
 _VIEW_LABELS = {
     "anterior": "Anterior",
