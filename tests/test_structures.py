@@ -325,10 +325,25 @@ def test_greater_trochanter_is_at_hip_joint_level_on_the_side_of_the_hip(atlas, 
             assert gt.distance(atlas.outline(view).exterior) < 0.3
 
 
-def test_the_mpfl_is_no_longer_a_landmark_drawn_over_vmo(atlas):
+def test_no_landmark_shows_through_the_structure_drawn_on_it(atlas):
+    # The MPFL was a landmark line over VMO; it is a region now, drawn once.
     assert "mpfl" not in {lm.id for lm in atlas.landmarks}
-    names = {lm.name for lm in atlas.landmarks}
-    assert "Medial patellofemoral ligament" not in names
+    assert "Medial patellofemoral ligament" not in {lm.name for lm in atlas.landmarks}
+    # Bony landmarks that became periosteal sites lie wholly under their structure, so with
+    # the structures shown the bone is not drawn a second time beside it.
+    covering = {"patella": "patellar_borders", "fibular_head": "fibular_head"}
+    covering["greater_trochanter"] = "greater_trochanter"
+    checked = 0
+    for lm in atlas.landmarks:
+        rid = covering.get(lm.id)
+        if rid is None or lm.geometry.geom_type != "Polygon":
+            continue
+        site = atlas.region(lm.view, rid, lm.side, STRUCTURES).polygon
+        # (A landmark may bulge past the skin line, as the patella does side-on.)
+        bone = shapely.intersection(lm.geometry, atlas.outline(lm.view))
+        assert site.buffer(1e-3).covers(bone), (lm.id, lm.view, lm.side)
+        checked += 1
+    assert checked == 2 + 2 + 4 + 2 + 2 + 2  # patella, trochanters, fibular heads
 
 
 # ---------------------------------------------------------------- hit testing
@@ -445,7 +460,7 @@ def _renderer(fig, name):
 def test_the_structures_layer_is_drawn_hidden_until_shown_and_named_on_hover(atlas):
     fig = atlas_figure(atlas, "anterior")
     structures = _renderer(fig, "structures")
-    assert not structures.visible and not _renderer(fig, "structures-context").visible
+    assert not structures.visible and not _renderer(fig, "muscles-context").visible
     assert _renderer(fig, "muscles-superficial").visible
     data = structures.data_source.data
     assert set(data["muscle"]) == DRAWN_ON["anterior"]
@@ -461,7 +476,7 @@ def test_the_structures_layer_is_drawn_hidden_until_shown_and_named_on_hover(atl
 
     show_layer(fig, "structures")
     visible = {r.name for r in fig.renderers if r.visible and r.name in _all_layer_renderers()}
-    assert visible == {"structures", "structures-context"}
+    assert visible == {"structures", "muscles-context"}
     show_layer(fig, "deep")
     visible = {r.name for r in fig.renderers if r.visible and r.name in _all_layer_renderers()}
     assert visible == set()  # the anterior view has no deep muscle
@@ -477,7 +492,7 @@ def _all_layer_renderers():
 def test_a_figure_of_the_structures_layer_shows_them_over_faded_muscles(atlas):
     fig = atlas_figure(atlas, "lateral_right", layer="structures", labels=True)
     assert _renderer(fig, "structures").visible
-    assert _renderer(fig, "structures-context").visible
+    assert _renderer(fig, "muscles-context").visible
     assert not _renderer(fig, "muscles-superficial").visible
     labels = _renderer(fig, "labels").data_source.data["text"]
     assert set(labels) == {r.short for r in atlas.regions_in("lateral_right", STRUCTURES)}
@@ -502,3 +517,12 @@ def test_the_chart_draws_the_structures_and_names_them_on_knee_close_ups(atlas):
     for f in figs:
         if f not in close_ups:
             assert _renderer(f, "structures").visible
+
+
+def test_a_figure_can_leave_the_structures_out(atlas):
+    fig = atlas_figure(atlas, "anterior", structures=False)
+    names = {r.name for r in fig.renderers}
+    assert "structures" not in names and "muscles-context" not in names
+    assert "muscles-superficial" in names
+    with pytest.raises(ValueError, match="contradicts"):
+        atlas_figure(atlas, "anterior", layer="structures", structures=False)

@@ -13,9 +13,9 @@ Examples
 --------
 >>> from tpmap import load_atlas
 >>> atlas = load_atlas()
->>> atlas.region_at("anterior", 5.0, 54.0).muscle
+>>> atlas.region_at("anterior", 5.6, 53.4).muscle
 'vmo'
->>> atlas.region_at("anterior", 5.0, 54.0, layer="structures").muscle
+>>> atlas.region_at("anterior", 5.6, 53.4, layer="structures").muscle  # the MPFL, deep to VMO
 'mpfl'
 >>> atlas.region_at("anterior", 30.0, 59.0) is None
 True

@@ -133,7 +133,7 @@ STRUCTURE_STYLES: dict[str, dict[str, str]] = {
 LAYER_RENDERERS: dict[str, tuple[str, ...]] = {
     "superficial": ("muscles-superficial",),
     "deep": ("muscles-deep",),
-    "structures": ("structures-context", "structures"),
+    "structures": ("muscles-context", "structures"),
 }
 
 
@@ -191,8 +191,9 @@ def atlas_figure(
         Which layer to show; ``None`` draws deep muscles under the superficial ones.
         ``structures`` shows the ligaments, tendons and periosteal sites over faded muscles.
     structures : bool, optional
-        Draw the structures over the muscles of a muscle layer too (a chart); by default
-        they show only with ``layer="structures"``.
+        ``True`` shows the structures over the muscles of a muscle layer too (a chart);
+        ``False`` leaves them out (a figure that never shows them: less to send); by
+        default they are drawn, hidden unless ``layer="structures"``.
     labels : bool
         Write each region's short name on it (for printed charts): the muscles, or the
         structures when ``layer="structures"``.
@@ -213,12 +214,14 @@ def atlas_figure(
     -------
     bokeh.plotting.figure
         Patches renderers named ``"muscles-superficial"``, ``"muscles-deep"`` and
-        ``"structures"``, plus ``"structures-context"`` (the superficial muscles faded, under
+        ``"structures"``, plus ``"muscles-context"`` (the superficial muscles faded, under
         the structures): those of the layers not shown are hidden, and :func:`show_layer`
         switches between them (:data:`LAYER_RENDERERS`). Their sources have one row per
         region with columns ``region`` (index into ``atlas.regions``), ``muscle`` (the region
         id), ``name``, ``side``, ``layer``; the structures' also ``kind``.
     """
+    if layer == "structures" and structures is False:
+        raise ValueError("layer='structures' shows the structures: structures=False contradicts it")
     xmin, ymin, xmax, ymax = extent if extent is not None else atlas.bounds(view)
     pad = 1.5 if extent is None else 0.0
     aspect = (xmax - xmin + 2 * pad) / (ymax - ymin + 2 * pad)
@@ -270,7 +273,7 @@ def atlas_figure(
             )
         )
     on_structures = layer == "structures"
-    if "superficial" in sources:
+    if "superficial" in sources and structures is not False:
         # Orientation under the structures: the same source, faded, answering no hover.
         fig.patches(
             "xs",
@@ -281,11 +284,11 @@ def atlas_figure(
             line_color="#5b2420",
             line_alpha=0.35,
             line_width=0.6,
-            name="structures-context",
+            name="muscles-context",
             visible=on_structures,
         )
     _draw_landmarks(fig, atlas, view)
-    structure_regions = atlas.regions_in(view, "structures")
+    structure_regions = atlas.regions_in(view, "structures") if structures is not False else []
     structure_renderer = None
     if structure_regions:
         structure_renderer = fig.patches(
