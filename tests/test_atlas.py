@@ -376,3 +376,28 @@ def test_warm_builds_every_index_and_changes_no_answer():
     assert {v for v, _ in fresh._indexes} == set(VIEWS)
     p = fresh.region("anterior", "vmo", "left").polygon.representative_point()
     assert fresh.region_at("anterior", p.x, p.y).muscle == "vmo"
+
+
+@pytest.mark.parametrize("layer", ["superficial", "structures"])
+def test_cells_crossed_by_two_edges_are_decided_exactly(atlas, layer):
+    """Cells holding a polygon corner (two edges) are settled by two side-of-line tests."""
+    from tpmap.atlas import _PAIR
+
+    index = atlas._index("anterior", layer)
+    cells = np.flatnonzero(index.labels == _PAIR)
+    assert len(cells) > 500  # corners are common: the fast path must carry them
+    rng = np.random.default_rng(11)
+    pick = np.repeat(cells, 8)
+    xs = index.x0 + (pick % index.nx + rng.uniform(0, 1, len(pick))) * index.cell
+    ys = index.y0 + (pick // index.nx + rng.uniform(0, 1, len(pick))) * index.cell
+    # And points within rounding distance of the cells' own edges and corners.
+    segs = index.pair_table[index.cell_seg[cells]]
+    t = rng.uniform(0, 1, len(cells))[:, None]
+    on_edge = segs[:, :2] + t * (segs[:, 2:4] - segs[:, :2])
+    xs = np.concatenate([xs, on_edge[:, 0], segs[:, 2] + 1e-13, segs[:, 0]])
+    ys = np.concatenate([ys, on_edge[:, 1], segs[:, 3] - 1e-13, segs[:, 1]])
+    bulk = atlas.classify("anterior", xs, ys, layer=layer)
+    assert (bulk == _reference(atlas, "anterior", xs, ys, layer)).all()
+    sample = rng.choice(len(xs), 2000, replace=False)
+    one = [atlas.region_at("anterior", xs[i], ys[i], layer=layer) for i in sample]
+    assert [r.index if r else -1 for r in one] == bulk[sample].tolist()

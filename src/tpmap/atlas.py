@@ -69,11 +69,25 @@ _EMPTY = -1  # no region anywhere in the cell
 _SEGMENT = -2  # exactly one boundary segment crosses the cell: a side-of-line test decides
 _COMPLEX = -3  # several boundary segments: exact Shapely test on the cell's candidates
 _DEFER = -4  # merged raster of both layers: not settled by the cell alone
+_PAIR = -5  # exactly two boundary segments: two side-of-line tests pick one of four labels
 # Shewchuk's error bound for the floating-point orientation determinant: when |det| exceeds
 # it, the sign is exact, so the fast path never disagrees with GEOS's robust predicate.
 _ORIENT_ERRBOUND = (3.0 + 16.0 * 2.0**-53) * 2.0**-53
 _CELL = 0.1  # cm; about 2 % of cells hold a boundary at this size
 _CHUNK = 1 << 17  # points per chunk of bulk classification (1 MB scratch: fits the L2 cache)
+_PAIR_SAMPLES = 6  # per side: a 6 x 6 grid of sample points labels a two-segment cell
+
+
+def _orient(seg: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Side of each point relative to its segment ``(x1, y1, x2, y2)``, and whether it is sure.
+
+    ``det > 0`` on one side, ``< 0`` on the other; ``sure`` is False where rounding could
+    have flipped the sign (then an exact test must decide).
+    """
+    dl = (seg[:, 0] - x) * (seg[:, 3] - y)
+    dr = (seg[:, 1] - y) * (seg[:, 2] - x)
+    det = dl - dr
+    return det, np.abs(det) > _ORIENT_ERRBOUND * (np.abs(dl) + np.abs(dr))
 
 
 def assets_dir() -> Path:
@@ -138,9 +152,12 @@ class _LayerIndex:
 
     A raster of 1 mm cells labels every cell that no region boundary crosses with the region
     covering it; a cell crossed by a single boundary segment is decided by which side of that
-    segment the point lies on; only cells with several segments (vertices, junctions) and
-    points on a segment within rounding error fall back to Shapely. All three paths give the
-    answer of the rule "the first region, in atlas order, whose closed polygon holds the point".
+    segment the point lies on; a cell crossed by two (most often a polygon's vertex) by which
+    side of each: the two lines cut the cell into at most four convex parts, and no boundary
+    runs inside any of them, so each part has one label, sampled at build time. Only cells
+    with more segments (junctions), parts no sample fell in, and points on a segment within
+    rounding error fall back to Shapely. All paths give the answer of the rule "the first
+    region, in atlas order, whose closed polygon holds the point".
     """
 
     def __init__(self, regions: list[Region], bounds: tuple[float, float, float, float]):
@@ -162,7 +179,10 @@ class _LayerIndex:
         """Region index (or -1) of each point, by Shapely alone (build time only)."""
         out = np.full(len(xs), -1, dtype=np.int32)
         for r in reversed(self.regions):  # the first region in atlas order wins: write it last
-            out[shapely.intersects_xy(r.polygon, xs, ys)] = r.index
+            # Only points in the region's (closed) bounding box can touch it: test just those.
+            x0, y0, x1, y1 = r.polygon.bounds
+            near = np.flatnonzero((xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1))
+            out[near[shapely.intersects_xy(r.polygon, xs[near], ys[near])]] = r.index
         return out
 
     def _build(self) -> None:
@@ -253,11 +273,13 @@ class _LayerIndex:
         seg_cells = single[two_sided]
         labels[bcells] = _COMPLEX
         labels[seg_cells] = _SEGMENT
+        # cell_seg: the row of seg_table (single-segment cells) or pair_table (pair cells).
         self.cell_seg = np.full(nx * ny, -1, dtype=np.int32)
         self.cell_seg[seg_cells] = np.arange(len(seg_cells), dtype=np.int32)
         self.seg_table = np.column_stack([u[two_sided]]).astype(np.float64)
         self.seg_pos = pos_lab[two_sided]
         self.seg_neg = neg_lab[two_sided]
+        self._build_pairs(bcells[nseg == 2], cs, uniq, labels)
 
         # Candidates of each boundary cell for the exact fallback: regions whose boundary
         # touches the cell, plus the region holding its centre (sorted: atlas order).
@@ -282,6 +304,40 @@ class _LayerIndex:
         self._cell_slot_py = array("i", self.cell_slot.tolist())
         self._segs_py = [tuple(r) for r in self.seg_table.tolist()]
         self._seg_lab_py = list(zip(self.seg_pos.tolist(), self.seg_neg.tolist(), strict=True))
+        self._pairs_py = [tuple(r) for r in self.pair_table.tolist()]
+        self._pair_lab_py = [tuple(r) for r in self.pair_lab.tolist()]
+
+    def _build_pairs(
+        self, pair: np.ndarray, cs: np.ndarray, uniq: np.ndarray, labels: np.ndarray
+    ) -> None:
+        """Label the (up to) four parts of every cell that exactly two segments cross.
+
+        A part is the set of points on one given side of each segment's line; a sample point
+        whose sides are both sure names its part's region (Shapely, at build time). Parts no
+        sample fell in stay ``_COMPLEX``: a query landing there takes the exact fallback.
+        """
+        nx, c = self.nx, self.cell
+        first = np.searchsorted(cs[:, 0], pair)
+        seg_a, seg_b = uniq[cs[first, 1]], uniq[cs[first + 1, 1]]
+        frac = (np.arange(_PAIR_SAMPLES) + 0.5) / _PAIR_SAMPLES
+        fx, fy = (g.ravel() for g in np.meshgrid(frac, frac))
+        k = len(fx)
+        sx = (self.x0 + (np.repeat(pair % nx, k) + np.tile(fx, len(pair))) * c).reshape(-1, k)
+        sy = (self.y0 + (np.repeat(pair // nx, k) + np.tile(fy, len(pair))) * c).reshape(-1, k)
+        da, sure_a = _orient(np.repeat(seg_a, k, axis=0), sx.ravel(), sy.ravel())
+        db, sure_b = _orient(np.repeat(seg_b, k, axis=0), sx.ravel(), sy.ravel())
+        part = (2 * (da > 0) + (db > 0)).reshape(-1, k)
+        sure = (sure_a & sure_b).reshape(-1, k)
+        table = np.full((len(pair), 4), _COMPLEX, dtype=np.int32)
+        for q in range(4):
+            hit = sure & (part == q)
+            has = hit.any(axis=1)
+            j = hit.argmax(axis=1)[has]
+            table[has, q] = self._locate_slow(sx[has, j], sy[has, j])
+        self.pair_table = np.hstack([seg_a, seg_b]).astype(np.float64)
+        self.pair_lab = table
+        labels[pair] = _PAIR
+        self.cell_seg[pair] = np.arange(len(pair), dtype=np.int32)
 
     # -------------------------------------------------------------- queries
     def locate(self, x: float, y: float) -> int:
@@ -303,6 +359,20 @@ class _LayerIndex:
             if abs(det) > _ORIENT_ERRBOUND * (abs(dl) + abs(dr)):
                 pos, neg = self._seg_lab_py[s]
                 return pos if det > 0 else neg
+        elif lab == _PAIR:
+            s = self._cell_seg_py[cell]
+            ax1, ay1, ax2, ay2, bx1, by1, bx2, by2 = self._pairs_py[s]
+            al = (ax1 - x) * (ay2 - y)
+            ar = (ay1 - y) * (ax2 - x)
+            bl = (bx1 - x) * (by2 - y)
+            br = (by1 - y) * (bx2 - x)
+            da, db = al - ar, bl - br
+            if abs(da) > _ORIENT_ERRBOUND * (abs(al) + abs(ar)) and abs(db) > _ORIENT_ERRBOUND * (
+                abs(bl) + abs(br)
+            ):
+                k = self._pair_lab_py[s][2 * (da > 0) + (db > 0)]
+                if k != _COMPLEX:
+                    return k
         slot = self._cell_slot_py[cell]
         for k in self.cand[self.cand_ptr[slot] : self.cand_ptr[slot + 1]].tolist():
             if shapely.intersects_xy(self.polygons[k], x, y):
@@ -356,20 +426,25 @@ class _LayerIndex:
             return out
         bcell = cell[bad]
         bx, by = xs[bad], ys[bad]
-        is_seg = out[bad] == _SEGMENT
-        fallback = ~is_seg
-        if is_seg.any():
-            si = np.flatnonzero(is_seg)
+        kind = out[bad]
+        fallback = (kind != _SEGMENT) & (kind != _PAIR)
+        si = np.flatnonzero(kind == _SEGMENT)
+        if len(si):
             s = self.cell_seg[bcell[si]]
-            t = self.seg_table[s]
-            px, py = bx[si], by[si]
-            dl = (t[:, 0] - px) * (t[:, 3] - py)
-            dr = (t[:, 1] - py) * (t[:, 2] - px)
-            det = dl - dr
-            sure = np.abs(det) > _ORIENT_ERRBOUND * (np.abs(dl) + np.abs(dr))
+            det, sure = _orient(self.seg_table[s], bx[si], by[si])
             res = np.where(det > 0, self.seg_pos[s], self.seg_neg[s])
             out[bad[si[sure]]] = res[sure]
             fallback[si[~sure]] = True
+        pi = np.flatnonzero(kind == _PAIR)
+        if len(pi):
+            s = self.cell_seg[bcell[pi]]
+            t = self.pair_table[s]
+            da, sure_a = _orient(t[:, :4], bx[pi], by[pi])
+            db, sure_b = _orient(t[:, 4:], bx[pi], by[pi])
+            res = self.pair_lab[s, 2 * (da > 0) + (db > 0)]
+            sure = sure_a & sure_b & (res != _COMPLEX)
+            out[bad[pi[sure]]] = res[sure]
+            fallback[pi[~sure]] = True
         fb = np.flatnonzero(fallback)
         if len(fb):
             out[bad[fb]] = self._fallback(bcell[fb], bx[fb], by[fb])
