@@ -718,11 +718,12 @@ def _draw_landmarks(fig: figure, atlas: Atlas, view: str) -> None:
         )
 
 
-#: Close-ups of the patient's right knee for the chart, ``(view, title, extent)``: the
-#: structures are too small to name on the whole body.
-KNEE_CLOSE_UPS: tuple[tuple[str, str, tuple[float, float, float, float]], ...] = (
-    ("anterior", "Right knee, front", (-15.0, 40.5, -1.5, 63.0)),
-    ("lateral_right", "Right knee, lateral", (-8.5, 40.5, 9.0, 63.0)),
+#: Close-ups of the patient's right knee for the chart, ``(view, title, extent, (left,
+#: right))``, the last naming the directions at the figure's sides: the structures are too
+#: small to name on the whole body.
+KNEE_CLOSE_UPS: tuple[tuple[str, str, tuple[float, float, float, float], tuple[str, str]], ...] = (
+    ("anterior", "Right knee, front", (-15.0, 40.5, -1.5, 63.0), ("lateral", "medial")),
+    ("lateral_right", "Right knee, lateral", (-8.5, 40.5, 9.0, 63.0), ("posterior", "anterior")),
 )
 
 
@@ -740,8 +741,9 @@ def atlas_overview(
     ]
     if not structures:
         return row(*figs, name="atlas-overview")
-    close_ups = [
-        atlas_figure(
+    close_ups = []
+    for view, title, extent, (left, right) in KNEE_CLOSE_UPS:
+        fig = atlas_figure(
             atlas,
             view,
             layer="structures",
@@ -751,8 +753,20 @@ def atlas_overview(
             title=title,
             extent=extent,
         )
-        for view, title, extent in KNEE_CLOSE_UPS
-    ]
+        # Which way is medial (or anterior): a close-up has no body around it to tell.
+        xmin, ymin, xmax, _ = extent
+        fig.text(
+            [xmin + 0.3, xmax - 0.3],
+            [ymin + 0.4] * 2,
+            [f"\u2190 {left}", f"{right} \u2192"],
+            text_align=["left", "right"],
+            text_baseline="bottom",
+            text_font_size="8pt",
+            text_font_style="italic",
+            text_color="#3d3d3d",
+            name="directions",
+        )
+        close_ups.append(fig)
     return row(*figs, column(*close_ups), name="atlas-overview")
 
 
