@@ -75,7 +75,7 @@ _PAIR = -5  # exactly two boundary segments: two side-of-line tests pick one of 
 _ORIENT_ERRBOUND = (3.0 + 16.0 * 2.0**-53) * 2.0**-53
 _CELL = 0.1  # cm; about 2 % of cells hold a boundary at this size
 _CHUNK = 1 << 17  # points per chunk of bulk classification (1 MB scratch: fits the L2 cache)
-_PAIR_SAMPLES = 6  # per side: a 6 x 6 grid of sample points labels a two-segment cell
+_PAIR_SAMPLES = 6  # per axis: a 6 x 6 grid of sample points labels a two-segment cell
 
 
 def _orient(seg: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
