@@ -14,7 +14,7 @@ from shapely import affinity
 
 from tpmap import load_atlas
 from tpmap._atlas_build import build_atlas
-from tpmap.atlas import VIEWS, assets_dir
+from tpmap.atlas import LAYERS, VIEWS, assets_dir
 
 # Every muscle of shared/ANATOMY.md section 1, and where it must at least be drawn.
 REQUIRED = {
@@ -66,9 +66,9 @@ REQUIRED = {
 }
 REQUIRED["lateral_left"] = REQUIRED["lateral_right"]
 DEEP = {"gluteus_minimus", "piriformis", "popliteus"}
+# The MPFL is a region of the structures layer now, no longer a landmark.
 LANDMARKS = {
     "patella",
-    "mpfl",
     "joint_line",
     "fibular_head",
     "greater_trochanter",
@@ -143,7 +143,7 @@ def test_every_polygon_is_valid_non_empty_and_inside_the_body(atlas):
 
 
 def test_no_overlaps_within_a_view_side_and_layer(atlas):
-    for view, layer in itertools.product(VIEWS, ("superficial", "deep")):
+    for view, layer in itertools.product(VIEWS, LAYERS):
         regions = atlas.regions_in(view, layer)
         for a, b in itertools.combinations(regions, 2):
             if a.side != b.side:
@@ -181,7 +181,8 @@ def test_region_metadata(atlas):
     assert atlas.region("posterior", "gluteus_medius", "right").uberon == "UBERON:0001371"
     assert atlas.region("posterior", "quadratus_lumborum", "right").fma == "FMA:15569"
     for r in atlas.regions:
-        assert r.layer == ("deep" if r.muscle in DEEP else "superficial"), r
+        if r.layer != "structures":
+            assert r.layer == ("deep" if r.muscle in DEEP else "superficial"), r
     assert atlas.muscle_name("gluteus_medius") == "Gluteus medius"
 
 
@@ -330,7 +331,7 @@ def _edge_points(atlas, view):
 
 
 @pytest.mark.parametrize("view", VIEWS)
-@pytest.mark.parametrize("layer", [None, "superficial", "deep"])
+@pytest.mark.parametrize("layer", [None, *LAYERS])
 def test_vectorised_classification_agrees_with_single_taps(atlas, view, layer):
     rng = np.random.default_rng(42)
     xmin, ymin, xmax, ymax = atlas.bounds(view)
@@ -346,14 +347,15 @@ def test_vectorised_classification_agrees_with_single_taps(atlas, view, layer):
 @settings(max_examples=300, deadline=None)
 @given(
     view=st.sampled_from(VIEWS),
+    layer=st.sampled_from([None, *LAYERS]),
     x=st.floats(-30, 30, allow_nan=False),
     y=st.floats(0, 125, allow_nan=False),
 )
-def test_property_single_tap_matches_bulk_and_shapely(view, x, y):
+def test_property_single_tap_matches_bulk_and_shapely(view, layer, x, y):
     atlas = load_atlas()
-    r = atlas.region_at(view, x, y)
-    bulk = atlas.classify(view, [x], [y])[0]
-    assert (r.index if r else -1) == bulk == _reference(atlas, view, [x], [y])[0]
+    r = atlas.region_at(view, x, y, layer=layer)
+    bulk = atlas.classify(view, [x], [y], layer=layer)[0]
+    assert (r.index if r else -1) == bulk == _reference(atlas, view, [x], [y], layer)[0]
 
 
 def test_mirror_moves_a_position_to_the_other_side(atlas):
@@ -374,3 +376,28 @@ def test_warm_builds_every_index_and_changes_no_answer():
     assert {v for v, _ in fresh._indexes} == set(VIEWS)
     p = fresh.region("anterior", "vmo", "left").polygon.representative_point()
     assert fresh.region_at("anterior", p.x, p.y).muscle == "vmo"
+
+
+@pytest.mark.parametrize("layer", ["superficial", "structures"])
+def test_cells_crossed_by_two_edges_are_decided_exactly(atlas, layer):
+    """Cells holding a polygon corner (two edges) are settled by two side-of-line tests."""
+    from tpmap.atlas import _PAIR
+
+    index = atlas._index("anterior", layer)
+    cells = np.flatnonzero(index.labels == _PAIR)
+    assert len(cells) > 500  # corners are common: the fast path must carry them
+    rng = np.random.default_rng(11)
+    pick = np.repeat(cells, 8)
+    xs = index.x0 + (pick % index.nx + rng.uniform(0, 1, len(pick))) * index.cell
+    ys = index.y0 + (pick // index.nx + rng.uniform(0, 1, len(pick))) * index.cell
+    # And points within rounding distance of the cells' own edges and corners.
+    segs = index.pair_table[index.cell_seg[cells]]
+    t = rng.uniform(0, 1, len(cells))[:, None]
+    on_edge = segs[:, :2] + t * (segs[:, 2:4] - segs[:, :2])
+    xs = np.concatenate([xs, on_edge[:, 0], segs[:, 2] + 1e-13, segs[:, 0]])
+    ys = np.concatenate([ys, on_edge[:, 1], segs[:, 3] - 1e-13, segs[:, 1]])
+    bulk = atlas.classify("anterior", xs, ys, layer=layer)
+    assert (bulk == _reference(atlas, "anterior", xs, ys, layer)).all()
+    sample = rng.choice(len(xs), 2000, replace=False)
+    one = [atlas.region_at("anterior", xs[i], ys[i], layer=layer) for i in sample]
+    assert [r.index if r else -1 for r in one] == bulk[sample].tolist()

@@ -10,7 +10,8 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import insert, inspect, text
+from sqlalchemy import Engine, Table, insert, inspect, select, text
+from sqlalchemy.exc import IntegrityError
 
 import store_fixtures
 from tpmap.model import EpisodeInput, MarkInput, PatientInput, SessionInput, ValidationError
@@ -23,7 +24,7 @@ from tpmap.store import (
     make_engine,
     open_store,
 )
-from tpmap.store._migrate import alembic_config
+from tpmap.store._migrate import alembic_config, downgrade
 from tpmap.store.schema import PatientRow, metadata, utcnow
 
 # The shared database fixtures (tests/store_fixtures.py): a Store on SQLite, and on PostgreSQL
@@ -98,7 +99,7 @@ def test_reopening_is_idempotent_and_keeps_data(store_url: str) -> None:
     with open_store(store_url) as first:
         first.create_patient({"code": "P-1"}, USER)
     with open_store(store_url) as second, open_store(store_url) as third:
-        assert current_revision(second.engine) == head_revision() == "0002"
+        assert current_revision(second.engine) == head_revision() == "0003s"
         assert [p.code for p in third.find_patients("")] == ["P-1"]
 
 
@@ -146,6 +147,92 @@ def test_the_change_indexes_are_dropped_on_downgrade(store: Store) -> None:
     for table, names in CHANGE_INDEXES.items():
         assert not names & index_names(store.engine, table)
     assert current_revision(store.engine) == "0001"
+
+
+MARKS: Table = metadata.tables["marks"]
+CHANGES: Table = metadata.tables["mark_changes"]
+
+
+def _rows(engine: Engine, table: Table) -> list[tuple[object, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(table).order_by(table.c.id))]
+
+
+def _check_constraints(engine: Engine) -> set[str | None]:
+    return {c["name"] for c in inspect(engine).get_check_constraints("marks")}
+
+
+def _insert_layer(engine: Engine, like: int, layer: str) -> None:
+    """Copy mark ``like`` with another layer straight into the table, past the model."""
+    with engine.begin() as conn:
+        row = conn.execute(select(MARKS).where(MARKS.c.id == like)).mappings().one()
+        values = {k: v for k, v in row.items() if k != "id"} | {"layer": layer}
+        conn.execute(insert(MARKS).values(**values))
+
+
+def test_a_0002_database_takes_structures_marks_after_upgrade_and_keeps_every_row(
+    clinic: Clinic, store_url: str
+) -> None:
+    st = clinic.store
+    first = st.add_mark(clinic.session_id, mark("vmo"), USER)
+    moved = st.add_mark(clinic.session_id, mark("vastus_medialis", x=5.0), USER)
+    st.move_mark(moved.id, 5.5, 60.0, "vastus_medialis", "right", "superficial", USER)
+    st.delete_mark(first.id, USER)
+    indexes = index_names(st.engine, "marks")
+    checks = _check_constraints(st.engine)
+    st.close()
+    engine = make_engine(store_url).execution_options(tpmap_write=True)
+    try:
+        downgrade(engine, "0002")  # as a database written by the previous version
+        assert current_revision(engine) == "0002"
+        marks, changes = _rows(engine, MARKS), _rows(engine, CHANGES)
+        with pytest.raises(IntegrityError):  # 0002 refuses the new layer...
+            _insert_layer(engine, moved.id, "structures")
+    finally:
+        engine.dispose()
+    with Store(store_url) as upgraded:
+        assert current_revision(upgraded.engine) == "0003s"
+        # ... nothing recorded changes: every mark keeps its layer and atlas version, the
+        # change log (and so undo) is intact, and so are the indexes and other constraints.
+        assert _rows(upgraded.engine, MARKS) == marks
+        assert _rows(upgraded.engine, CHANGES) == changes
+        assert index_names(upgraded.engine, "marks") == indexes
+        assert _check_constraints(upgraded.engine) == checks
+        structure = MarkInput(
+            view="anterior",
+            x=-5.0,
+            y=53.5,
+            muscle="mpfl",
+            side="right",
+            layer="structures",
+            atlas_version="2026.12.1+acdfb409",
+        )
+        added = upgraded.add_mark(clinic.session_id, structure, USER)
+        assert (added.muscle, added.layer) == ("mpfl", "structures")
+        assert upgraded.undo_last(clinic.session_id, USER) is not None
+        # The database itself still refuses a layer that does not exist.
+        with pytest.raises(IntegrityError):
+            _insert_layer(upgraded.engine, moved.id, "bone")
+        with upgraded.engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_a_downgrade_below_0003s_is_refused_while_structures_marks_exist(
+    clinic: Clinic, store_url: str
+) -> None:
+    st = clinic.store
+    added = st.add_mark(clinic.session_id, mark("vmo"), USER)
+    _insert_layer(st.engine, added.id, "structures")
+    st.close()
+    engine = make_engine(store_url).execution_options(tpmap_write=True)
+    try:
+        with pytest.raises(RuntimeError, match="1 marks are on the structures layer"):
+            downgrade(engine, "0002")
+        assert current_revision(engine) == "0003s"
+        assert len(_rows(engine, MARKS)) == 2
+    finally:
+        engine.dispose()
 
 
 def test_a_committed_mark_is_visible_from_a_second_store(clinic: Clinic, store_url: str) -> None:

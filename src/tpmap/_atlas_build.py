@@ -8,7 +8,9 @@ that the committed JSON is what the source builds to.
 The geometry pipeline, per view and layer:
 
 1. each shape is smoothed (centripetal Catmull-Rom) into a polygon;
-2. it is clipped to the body outline minus bare areas (the patella);
+2. it is clipped to the body outline minus bare areas (the patella); structures (ligaments,
+   tendons, periosteal sites: the ``structures`` layer) lie on bone and are clipped to the
+   outline only;
 3. it keeps only what earlier shapes of the same view and layer left, so regions never
    overlap, and neighbours authored to overlap meet exactly along a shared edge;
 4. the authored side is mirrored to make the other side exactly symmetric.
@@ -32,13 +34,14 @@ import shapely
 from shapely import affinity
 from shapely.geometry import LineString, Point, Polygon, box, mapping
 
+from tpmap.model import KINDS, LAYERS, Kind, Layer
+
 __all__ = ["GRID", "build_atlas", "source_path", "write_atlas"]
 
 #: Precision grid of the generated geometry, in centimetres.
 GRID = 0.001
 #: Samples per spline segment between two control points.
 SAMPLES = 12
-LAYERS = ("superficial", "deep")
 
 
 def source_path() -> Path:
@@ -190,6 +193,44 @@ def _geojson(geom) -> dict[str, Any]:
     return {"type": m["type"], "coordinates": _rounded(m["coordinates"])}
 
 
+def _region_id(spec: dict[str, Any]) -> str:
+    """The region a shape draws: ``muscle = "..."`` or ``structure = "..."``."""
+    return spec["structure"] if "structure" in spec else spec["muscle"]
+
+
+def _layer_of(spec: dict[str, Any]) -> str:
+    if "structure" in spec:
+        return Layer.STRUCTURES.value
+    layer = spec.get("layer", Layer.SUPERFICIAL.value)
+    if layer not in (Layer.SUPERFICIAL, Layer.DEEP):
+        raise ValueError(
+            f"{spec['muscle']}: a muscle's layer is superficial or deep, not {layer!r}"
+        )
+    return layer
+
+
+def _region_meta(
+    muscles: dict[str, dict[str, Any]], structures: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Names and kinds of every region id, checked: ids are unique, kinds known."""
+    both = set(muscles) & set(structures)
+    if both:
+        raise ValueError(f"ids used for a muscle and a structure: {sorted(both)}")
+    out: dict[str, dict[str, Any]] = {}
+    for rid, meta in muscles.items():
+        kind = meta.get("kind", Kind.MUSCLE.value)
+        if kind not in (Kind.MUSCLE, Kind.FASCIA):
+            raise ValueError(f"{rid}: a region of the muscle layers is a muscle or fascia")
+        out[rid] = {**meta, "kind": kind}
+    for rid, meta in structures.items():
+        kind = meta.get("kind")
+        allowed = [k for k in KINDS if k != Kind.MUSCLE]
+        if kind not in allowed:
+            raise ValueError(f"{rid}: a structure's kind is one of {', '.join(allowed)}")
+        out[rid] = meta
+    return out
+
+
 def build_atlas(source: Path | None = None) -> dict[str, Any]:
     """Build the atlas geometry from its source description.
 
@@ -208,6 +249,8 @@ def build_atlas(source: Path | None = None) -> dict[str, Any]:
     spec = tomllib.loads(raw.decode("utf-8"))
     digest = hashlib.sha256(raw).hexdigest()
     muscles: dict[str, dict[str, Any]] = spec["muscles"]
+    structures: dict[str, dict[str, Any]] = spec.get("structures", {})
+    meta_of = _region_meta(muscles, structures)
     landmark_names: dict[str, str] = spec["landmark_names"]
 
     views_out: dict[str, Any] = {}
@@ -224,39 +267,41 @@ def build_atlas(source: Path | None = None) -> dict[str, Any]:
             )
         )
         bare = shapely.union_all([make_shape(b) for b in vspec.get("bare", [])], grid_size=GRID)
-        available = shapely.difference(outline, bare, grid_size=GRID)
-        raw_shapes = {
-            (s["muscle"], s.get("layer", "superficial")): make_shape(s) for s in vspec["shapes"]
-        }
+        # Muscles stop at bare bone (the patella); structures lie on it.
+        muscle_area = shapely.difference(outline, bare, grid_size=GRID)
+        raw_shapes = {(_region_id(s), _layer_of(s)): make_shape(s) for s in vspec["shapes"]}
 
-        authored: list[tuple[dict[str, Any], str, Polygon]] = []
+        authored: list[tuple[str, str, Polygon]] = []
         for layer in LAYERS:
+            available = outline if layer == Layer.STRUCTURES else muscle_area
             taken = Polygon()
             for s in vspec["shapes"]:
-                if s.get("layer", "superficial") != layer:
+                if _layer_of(s) != layer:
                     continue
-                shape = raw_shapes[(s["muscle"], layer)]
+                rid = _region_id(s)
+                shape = raw_shapes[(rid, layer)]
                 if "within" in s:
                     shape = shapely.intersection(shape, raw_shapes[(s["within"], layer)])
                 region = shapely.intersection(shape, available, grid_size=GRID)
                 region = _largest(shapely.difference(region, taken, grid_size=GRID))
                 if region.is_empty:
-                    raise ValueError(f"{view_name}: {s['muscle']} is empty after clipping")
+                    raise ValueError(f"{view_name}: {rid} is empty after clipping")
                 taken = shapely.union(taken, region, grid_size=GRID)
-                authored.append((s, layer, region))
+                authored.append((rid, layer, region))
 
         placements = _placements(view_name, vspec)
         for pl in placements:
             if pl.view not in views_out:
                 views_out[pl.view] = {"outline": []}
         for pl in placements:
-            for s, layer, region in authored:
-                meta = muscles[s["muscle"]]
+            for rid, layer, region in authored:
+                meta = meta_of[rid]
                 regions_out.append(
                     {
-                        "muscle": s["muscle"],
+                        "muscle": rid,
                         "name": meta["name"],
                         "short": meta.get("short", meta["name"]),
+                        "kind": meta["kind"],
                         "side": pl.side,
                         "view": pl.view,
                         "layer": layer,

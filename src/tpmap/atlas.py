@@ -4,12 +4,19 @@ Coordinates are centimetres on a reference adult (y up from the floor; x = 0 on 
 midline of the anterior and posterior views). Anatomical sides are the patient's: on the
 anterior view the patient's right is at negative x, on the posterior view at positive x.
 
+Regions lie in three layers: ``superficial`` and ``deep`` muscles, and ``structures``: the
+ligaments, tendons and periosteal sites around the knee and hip that are needled too (the
+MPFL, the joint line, ...). Every region has a ``kind`` (:data:`tpmap.model.KINDS`). A
+region's id is :attr:`Region.muscle`, whatever its kind: it is the id a mark stores.
+
 Examples
 --------
 >>> from tpmap import load_atlas
 >>> atlas = load_atlas()
->>> atlas.region_at("anterior", 5.0, 54.0).muscle
+>>> atlas.region_at("anterior", 5.6, 53.4).muscle
 'vmo'
+>>> atlas.region_at("anterior", 5.6, 53.4, layer="structures").muscle  # the MPFL, deep to VMO
+'mpfl'
 >>> atlas.region_at("anterior", 30.0, 59.0) is None
 True
 """
@@ -30,8 +37,11 @@ import shapely
 from shapely.geometry import Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
+from tpmap import model
+
 __all__ = [
     "LAYERS",
+    "MUSCLE_LAYERS",
     "VIEWS",
     "Atlas",
     "Landmark",
@@ -41,19 +51,36 @@ __all__ = [
     "mirror_view",
 ]
 
-VIEWS = ("anterior", "posterior", "lateral_left", "lateral_right")
-LAYERS = ("superficial", "deep")
+VIEWS: tuple[str, ...] = model.VIEWS
+#: Every layer of the diagram (the stored ``marks.layer`` values).
+LAYERS: tuple[str, ...] = model.LAYERS
+#: The layers of muscles (and fascia): what a tap looks in when no layer is given.
+MUSCLE_LAYERS: tuple[str, ...] = (model.Layer.SUPERFICIAL.value, model.Layer.DEEP.value)
 
 # Raster cell codes (non-negative codes are region indices).
 _EMPTY = -1  # no region anywhere in the cell
 _SEGMENT = -2  # exactly one boundary segment crosses the cell: a side-of-line test decides
 _COMPLEX = -3  # several boundary segments: exact Shapely test on the cell's candidates
 _DEFER = -4  # merged raster of both layers: not settled by the cell alone
+_PAIR = -5  # exactly two boundary segments: two side-of-line tests pick one of four labels
 # Shewchuk's error bound for the floating-point orientation determinant: when |det| exceeds
 # it, the sign is exact, so the fast path never disagrees with GEOS's robust predicate.
 _ORIENT_ERRBOUND = (3.0 + 16.0 * 2.0**-53) * 2.0**-53
 _CELL = 0.1  # cm; about 2 % of cells hold a boundary at this size
 _CHUNK = 1 << 17  # points per chunk of bulk classification (1 MB scratch: fits the L2 cache)
+_PAIR_SAMPLES = 6  # per axis: a 6 x 6 grid of sample points labels a two-segment cell
+
+
+def _orient(seg: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Side of each point relative to its segment ``(x1, y1, x2, y2)``, and whether it is sure.
+
+    ``det > 0`` on one side, ``< 0`` on the other; ``sure`` is False where rounding could
+    have flipped the sign (then an exact test must decide).
+    """
+    dl = (seg[:, 0] - x) * (seg[:, 3] - y)
+    dr = (seg[:, 1] - y) * (seg[:, 2] - x)
+    det = dl - dr
+    return det, np.abs(det) > _ORIENT_ERRBOUND * (np.abs(dl) + np.abs(dr))
 
 
 def assets_dir() -> Path:
@@ -77,7 +104,11 @@ def mirror_view(view: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Region:
-    """One muscle (or muscle part) on one side, in one view and layer."""
+    """One muscle (or muscle part, or needled structure) on one side, in one view and layer.
+
+    ``muscle`` is the region's stable id whatever its ``kind`` (``"vmo"``, ``"mpfl"``,
+    ``"medial_joint_line"``): the id a mark stores.
+    """
 
     index: int
     muscle: str
@@ -90,6 +121,7 @@ class Region:
     uberon: str | None = None
     fma: str | None = None
     short: str = ""
+    kind: str = model.Kind.MUSCLE.value
 
     @property
     def label(self) -> str:
@@ -113,9 +145,12 @@ class _LayerIndex:
 
     A raster of 1 mm cells labels every cell that no region boundary crosses with the region
     covering it; a cell crossed by a single boundary segment is decided by which side of that
-    segment the point lies on; only cells with several segments (vertices, junctions) and
-    points on a segment within rounding error fall back to Shapely. All three paths give the
-    answer of the rule "the first region, in atlas order, whose closed polygon holds the point".
+    segment the point lies on; a cell crossed by two (most often a polygon's vertex) by which
+    side of each: the two lines cut the cell into at most four convex parts, and no boundary
+    runs inside any of them, so each part has one label, sampled at build time. Only cells
+    with more segments (junctions), parts no sample fell in, and points on a segment within
+    rounding error fall back to Shapely. All paths give the answer of the rule "the first
+    region, in atlas order, whose closed polygon holds the point".
     """
 
     def __init__(self, regions: list[Region], bounds: tuple[float, float, float, float]):
@@ -137,7 +172,10 @@ class _LayerIndex:
         """Region index (or -1) of each point, by Shapely alone (build time only)."""
         out = np.full(len(xs), -1, dtype=np.int32)
         for r in reversed(self.regions):  # the first region in atlas order wins: write it last
-            out[shapely.intersects_xy(r.polygon, xs, ys)] = r.index
+            # Only points in the region's (closed) bounding box can touch it: test just those.
+            x0, y0, x1, y1 = r.polygon.bounds
+            near = np.flatnonzero((xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1))
+            out[near[shapely.intersects_xy(r.polygon, xs[near], ys[near])]] = r.index
         return out
 
     def _build(self) -> None:
@@ -228,11 +266,13 @@ class _LayerIndex:
         seg_cells = single[two_sided]
         labels[bcells] = _COMPLEX
         labels[seg_cells] = _SEGMENT
+        # cell_seg: the row of seg_table (single-segment cells) or pair_table (pair cells).
         self.cell_seg = np.full(nx * ny, -1, dtype=np.int32)
         self.cell_seg[seg_cells] = np.arange(len(seg_cells), dtype=np.int32)
         self.seg_table = np.column_stack([u[two_sided]]).astype(np.float64)
         self.seg_pos = pos_lab[two_sided]
         self.seg_neg = neg_lab[two_sided]
+        self._build_pairs(bcells[nseg == 2], cs, uniq, labels)
 
         # Candidates of each boundary cell for the exact fallback: regions whose boundary
         # touches the cell, plus the region holding its centre (sorted: atlas order).
@@ -257,6 +297,40 @@ class _LayerIndex:
         self._cell_slot_py = array("i", self.cell_slot.tolist())
         self._segs_py = [tuple(r) for r in self.seg_table.tolist()]
         self._seg_lab_py = list(zip(self.seg_pos.tolist(), self.seg_neg.tolist(), strict=True))
+        self._pairs_py = [tuple(r) for r in self.pair_table.tolist()]
+        self._pair_lab_py = [tuple(r) for r in self.pair_lab.tolist()]
+
+    def _build_pairs(
+        self, pair: np.ndarray, cs: np.ndarray, uniq: np.ndarray, labels: np.ndarray
+    ) -> None:
+        """Label the (up to) four parts of every cell that exactly two segments cross.
+
+        A part is the set of points on one given side of each segment's line; a sample point
+        whose sides are both sure names its part's region (Shapely, at build time). Parts no
+        sample fell in stay ``_COMPLEX``: a query landing there takes the exact fallback.
+        """
+        nx, c = self.nx, self.cell
+        first = np.searchsorted(cs[:, 0], pair)
+        seg_a, seg_b = uniq[cs[first, 1]], uniq[cs[first + 1, 1]]
+        frac = (np.arange(_PAIR_SAMPLES) + 0.5) / _PAIR_SAMPLES
+        fx, fy = (g.ravel() for g in np.meshgrid(frac, frac))
+        k = len(fx)
+        sx = (self.x0 + (np.repeat(pair % nx, k) + np.tile(fx, len(pair))) * c).reshape(-1, k)
+        sy = (self.y0 + (np.repeat(pair // nx, k) + np.tile(fy, len(pair))) * c).reshape(-1, k)
+        da, sure_a = _orient(np.repeat(seg_a, k, axis=0), sx.ravel(), sy.ravel())
+        db, sure_b = _orient(np.repeat(seg_b, k, axis=0), sx.ravel(), sy.ravel())
+        part = (2 * (da > 0) + (db > 0)).reshape(-1, k)
+        sure = (sure_a & sure_b).reshape(-1, k)
+        table = np.full((len(pair), 4), _COMPLEX, dtype=np.int32)
+        for q in range(4):
+            hit = sure & (part == q)
+            has = hit.any(axis=1)
+            j = hit.argmax(axis=1)[has]
+            table[has, q] = self._locate_slow(sx[has, j], sy[has, j])
+        self.pair_table = np.hstack([seg_a, seg_b]).astype(np.float64)
+        self.pair_lab = table
+        labels[pair] = _PAIR
+        self.cell_seg[pair] = np.arange(len(pair), dtype=np.int32)
 
     # -------------------------------------------------------------- queries
     def locate(self, x: float, y: float) -> int:
@@ -278,6 +352,20 @@ class _LayerIndex:
             if abs(det) > _ORIENT_ERRBOUND * (abs(dl) + abs(dr)):
                 pos, neg = self._seg_lab_py[s]
                 return pos if det > 0 else neg
+        elif lab == _PAIR:
+            s = self._cell_seg_py[cell]
+            ax1, ay1, ax2, ay2, bx1, by1, bx2, by2 = self._pairs_py[s]
+            al = (ax1 - x) * (ay2 - y)
+            ar = (ay1 - y) * (ax2 - x)
+            bl = (bx1 - x) * (by2 - y)
+            br = (by1 - y) * (bx2 - x)
+            da, db = al - ar, bl - br
+            if abs(da) > _ORIENT_ERRBOUND * (abs(al) + abs(ar)) and abs(db) > _ORIENT_ERRBOUND * (
+                abs(bl) + abs(br)
+            ):
+                k = self._pair_lab_py[s][2 * (da > 0) + (db > 0)]
+                if k != _COMPLEX:
+                    return k
         slot = self._cell_slot_py[cell]
         for k in self.cand[self.cand_ptr[slot] : self.cand_ptr[slot + 1]].tolist():
             if shapely.intersects_xy(self.polygons[k], x, y):
@@ -331,20 +419,25 @@ class _LayerIndex:
             return out
         bcell = cell[bad]
         bx, by = xs[bad], ys[bad]
-        is_seg = out[bad] == _SEGMENT
-        fallback = ~is_seg
-        if is_seg.any():
-            si = np.flatnonzero(is_seg)
+        kind = out[bad]
+        fallback = (kind != _SEGMENT) & (kind != _PAIR)
+        si = np.flatnonzero(kind == _SEGMENT)
+        if len(si):
             s = self.cell_seg[bcell[si]]
-            t = self.seg_table[s]
-            px, py = bx[si], by[si]
-            dl = (t[:, 0] - px) * (t[:, 3] - py)
-            dr = (t[:, 1] - py) * (t[:, 2] - px)
-            det = dl - dr
-            sure = np.abs(det) > _ORIENT_ERRBOUND * (np.abs(dl) + np.abs(dr))
+            det, sure = _orient(self.seg_table[s], bx[si], by[si])
             res = np.where(det > 0, self.seg_pos[s], self.seg_neg[s])
             out[bad[si[sure]]] = res[sure]
             fallback[si[~sure]] = True
+        pi = np.flatnonzero(kind == _PAIR)
+        if len(pi):
+            s = self.cell_seg[bcell[pi]]
+            t = self.pair_table[s]
+            da, sure_a = _orient(t[:, :4], bx[pi], by[pi])
+            db, sure_b = _orient(t[:, 4:], bx[pi], by[pi])
+            res = self.pair_lab[s, 2 * (da > 0) + (db > 0)]
+            sure = sure_a & sure_b & (res != _COMPLEX)
+            out[bad[pi[sure]]] = res[sure]
+            fallback[pi[~sure]] = True
         fb = np.flatnonzero(fallback)
         if len(fb):
             out[bad[fb]] = self._fallback(bcell[fb], bx[fb], by[fb])
@@ -379,6 +472,9 @@ class Atlas:
         self.grid: float = data["grid"]
         regions = []
         for i, r in enumerate(data["regions"]):
+            kind = r.get("kind", model.Kind.MUSCLE.value)  # atlases before 2026.12 had no kind
+            if kind not in model.KINDS or r["layer"] not in LAYERS:
+                raise ValueError(f"atlas region {r['muscle']}: unknown kind or layer")
             regions.append(
                 Region(
                     index=i,
@@ -392,6 +488,7 @@ class Atlas:
                     uberon=r.get("uberon"),
                     fma=r.get("fma"),
                     short=r.get("short", r["name"]),
+                    kind=kind,
                 )
             )
         self.regions: tuple[Region, ...] = tuple(regions)
@@ -402,8 +499,10 @@ class Atlas:
         self._outlines = {v: shape(d["outline"]) for v, d in data["views"].items()}
         self._bounds = {v: tuple(d["bounds"]) for v, d in data["views"].items()}
         self.views: tuple[str, ...] = tuple(v for v in VIEWS if v in self._outlines)
+        #: Every region id (muscles and structures), in atlas order.
         self.muscles: tuple[str, ...] = tuple(dict.fromkeys(r.muscle for r in regions))
         self._names = {r.muscle: r.name for r in regions}
+        self._kinds = {r.muscle: r.kind for r in regions}
         self._indexes: dict[tuple[str, str], _LayerIndex] = {}
         self._merged: dict[str, tuple[_LayerIndex, _LayerIndex, np.ndarray, array]] = {}
 
@@ -420,8 +519,30 @@ class Atlas:
         return self._bounds[self._check_view(view)]  # type: ignore[return-value]
 
     def muscle_name(self, muscle: str) -> str:
-        """Display name of a muscle id, e.g. ``"vmo"`` -> ``"Vastus medialis obliquus"``."""
+        """Display name of a region id, e.g. ``"vmo"`` -> ``"Vastus medialis obliquus"``.
+
+        Every region has one, structures too: ``"mpfl"`` -> ``"Medial patellofemoral
+        ligament"``. KeyError for an id the atlas does not draw.
+        """
         return self._names[muscle]
+
+    def kind(self, region_id: str) -> str:
+        """The kind of a region id (one of :data:`tpmap.model.KINDS`).
+
+        Examples
+        --------
+        >>> atlas = load_atlas()
+        >>> atlas.kind("vmo"), atlas.kind("mpfl"), atlas.kind("iliotibial_band")
+        ('muscle', 'ligament', 'fascia')
+        """
+        return self._kinds[region_id]
+
+    def ids_of_kind(self, *kinds: str) -> tuple[str, ...]:
+        """Region ids of the given kinds, in atlas order (e.g. every periosteal site)."""
+        unknown = set(kinds) - set(model.KINDS)
+        if unknown:
+            raise ValueError(f"unknown kind {sorted(unknown)[0]!r}; choose from {model.KINDS}")
+        return tuple(m for m in self.muscles if self._kinds[m] in kinds)
 
     def regions_in(self, view: str, layer: str | None = None) -> list[Region]:
         """Regions of one view (and layer, if given), in atlas order."""
@@ -455,13 +576,14 @@ class Atlas:
         """
         for view in self.views:
             self._both(view)
+            self._index(view, model.Layer.STRUCTURES.value)
 
     def _index(self, view: str, layer: str) -> _LayerIndex:
         key = (view, layer)
         idx = self._indexes.get(key)
         if idx is None:
             if layer not in LAYERS:
-                raise ValueError(f"unknown layer {layer!r}; choose superficial or deep")
+                raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(LAYERS)}")
             idx = _LayerIndex(self.regions_in(view, layer), self.bounds(view))
             self._indexes[key] = idx
         return idx
@@ -484,7 +606,7 @@ class Atlas:
 
     # -------------------------------------------------------------- hit testing
     def region_at(self, view: str, x: float, y: float, layer: str | None = None) -> Region | None:
-        """The region under one tap, or None off every muscle.
+        """The region under one tap, or None off every region.
 
         Parameters
         ----------
@@ -492,8 +614,10 @@ class Atlas:
             One of :data:`VIEWS`.
         x, y : float
             Diagram coordinates in centimetres.
-        layer : {"superficial", "deep"}, optional
-            Look in one layer only; by default the superficial region, else the deep one.
+        layer : {"superficial", "deep", "structures"}, optional
+            Look in one layer only; by default the superficial muscle, else the deep one
+            (structures are looked up only on their own layer: they lie on bone under the
+            muscles, so a tap on the muscle diagram names the muscle).
 
         Notes
         -----
@@ -524,7 +648,8 @@ class Atlas:
         Returns
         -------
         numpy.ndarray of int32
-            For each point the index into :attr:`regions`, or -1 off every muscle.
+            For each point the index into :attr:`regions`, or -1 off every region (of
+            ``layer``; by default of the muscle layers).
 
         Examples
         --------

@@ -30,6 +30,8 @@ __all__ = [
     "ESTIM_FIELDS",
     "FIELDS",
     "FIELD_LABELS",
+    "KINDS",
+    "KIND_LABELS",
     "LAYERS",
     "LAYER_LABELS",
     "LTR_GRADES",
@@ -58,6 +60,7 @@ __all__ = [
     "EpisodeInput",
     "FieldSpec",
     "Instrument",
+    "Kind",
     "Layer",
     "LtrGrade",
     "MarkInput",
@@ -138,10 +141,21 @@ class View(StrEnum):
 
 
 class Layer(StrEnum):
-    """Muscle layer: what the diagram shows on top, or underneath."""
+    """Diagram layer: muscles on top or underneath, or the non-muscle structures."""
 
     SUPERFICIAL = "superficial"
     DEEP = "deep"
+    STRUCTURES = "structures"  # ligaments, tendons, periosteal sites (atlas ``kind``)
+
+
+class Kind(StrEnum):
+    """What kind of tissue a diagram region is: the needled structure, not its layer."""
+
+    MUSCLE = "muscle"
+    LIGAMENT = "ligament"
+    TENDON = "tendon"
+    PERIOSTEUM = "periosteum"
+    FASCIA = "fascia"
 
 
 class Technique(StrEnum):
@@ -208,6 +222,7 @@ SIDES: tuple[str, ...] = _ids(Side)
 AFFECTED_SIDES: tuple[str, ...] = _ids(AffectedSide)
 VIEWS: tuple[str, ...] = _ids(View)
 LAYERS: tuple[str, ...] = _ids(Layer)
+KINDS: tuple[str, ...] = _ids(Kind)
 TECHNIQUES: tuple[str, ...] = _ids(Technique)
 LTR_GRADES: tuple[str, ...] = _ids(LtrGrade)
 TP_STATUSES: tuple[str, ...] = _ids(TpStatus)
@@ -238,13 +253,25 @@ ADVERSE_EVENT_TYPE_LABELS: dict[str, str] = {
     "nausea": "Nausea",
     "other": "Other",
 }
+KIND_LABELS: dict[str, str] = {
+    "muscle": "Muscle",
+    "ligament": "Ligament",
+    "tendon": "Tendon",
+    "periosteum": "Periosteum (bone)",
+    "fascia": "Fascia",
+}
 VIEW_LABELS: dict[str, str] = {
     "anterior": "Anterior",
     "posterior": "Posterior",
     "lateral_left": "Lateral (left)",
     "lateral_right": "Lateral (right)",
 }
-LAYER_LABELS: dict[str, str] = {"superficial": "Superficial", "deep": "Deep"}
+#: What clinicians call each layer (the clinician page's layer switch shows these).
+LAYER_LABELS: dict[str, str] = {
+    "superficial": "Superficial",
+    "deep": "Deep",
+    "structures": "Ligaments, tendons, bone",
+}
 
 ELECTRICAL_TECHNIQUES: frozenset[str] = frozenset({"electrical", "periosteal_electrical"})
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bokeh.layouts import row
+from bokeh.layouts import column, row
 from bokeh.models import (
     BasicTicker,
     ColorBar,
@@ -29,12 +29,17 @@ from bokeh.models import (
 )
 from bokeh.palettes import RdBu11, interp_palette
 from bokeh.plotting import figure
+from shapely.geometry import box
 from shapely.ops import polylabel
 
 from tpmap.atlas import Atlas, Region
+from tpmap.model import KIND_LABELS
 
 __all__ = [
+    "KNEE_CLOSE_UPS",
+    "LAYER_RENDERERS",
     "MUSCLE_COLOURS",
+    "STRUCTURE_STYLES",
     "VIEW_TITLES",
     "atlas_figure",
     "atlas_overview",
@@ -44,6 +49,8 @@ __all__ = [
     "image_map",
     "muscle_map",
     "region_source_data",
+    "show_layer",
+    "structure_source_data",
     "update_density_map",
     "update_difference_map",
     "update_muscle_map",
@@ -112,17 +119,65 @@ def region_source_data(regions: Sequence[Region]) -> dict[str, list[Any]]:
     return data
 
 
+#: How each kind of needled structure is drawn, unlike any muscle: a pale fill with a hatch
+#: of its tissue (ligament fibres oblique, tendon fibres lengthwise, bone stippled) and a
+#: dark outline in the same hue.
+STRUCTURE_STYLES: dict[str, dict[str, str]] = {
+    "ligament": {"fill": "#dce6f0", "hatch": "/", "line": "#2f4f75"},
+    "tendon": {"fill": "#f1f1ec", "hatch": "|", "line": "#5d6b78"},
+    "periosteum": {"fill": "#efe3c4", "hatch": ".", "line": "#7a5c25"},
+    "fascia": {"fill": "#ece9e0", "hatch": "-", "line": "#6d6a60"},
+}
+#: The renderers of :func:`atlas_figure` that show each layer: a page switches layers with
+#: :func:`show_layer`, by visibility, without rebuilding the figure.
+LAYER_RENDERERS: dict[str, tuple[str, ...]] = {
+    "superficial": ("muscles-superficial",),
+    "deep": ("muscles-deep",),
+    "structures": ("muscles-context", "structures"),
+}
+
+
+def structure_source_data(regions: Sequence[Region]) -> dict[str, list[Any]]:
+    """Column data for drawing structures: :func:`region_source_data` plus their styles."""
+    data = region_source_data(regions)
+    styles = [STRUCTURE_STYLES[r.kind] for r in regions]
+    data["kind"] = [KIND_LABELS[r.kind] for r in regions]
+    data["colour"] = [s["fill"] for s in styles]
+    data["hatch"] = [s["hatch"] for s in styles]
+    data["line"] = [s["line"] for s in styles]
+    return data
+
+
+def show_layer(fig: figure, layer: str) -> None:
+    """Show one layer of a figure made by :func:`atlas_figure` and hide the others.
+
+    Parameters
+    ----------
+    fig : bokeh.plotting.figure
+    layer : {"superficial", "deep", "structures"}
+        ``structures`` shows the ligaments, tendons and periosteal sites over faded
+        superficial muscles (for orientation; the muscles then answer no hover).
+    """
+    shown = LAYER_RENDERERS[layer]
+    names = {n for group in LAYER_RENDERERS.values() for n in group}
+    for r in fig.renderers:
+        if r.name in names:
+            r.visible = r.name in shown
+
+
 def atlas_figure(
     atlas: Atlas,
     view: str,
     *,
     layer: str | None = "superficial",
+    structures: bool | None = None,
     labels: bool = False,
     height: int = 720,
     hover: bool = True,
     toolbar: bool = True,
     title: str | None = None,
     muscle_alpha: float = 0.9,
+    extent: tuple[float, float, float, float] | None = None,
 ) -> figure:
     """Draw one view of the body diagram.
 
@@ -132,30 +187,43 @@ def atlas_figure(
         From :func:`tpmap.load_atlas`.
     view : str
         ``anterior``, ``posterior``, ``lateral_left`` or ``lateral_right``.
-    layer : {"superficial", "deep", None}
-        Which muscles to draw; ``None`` draws deep muscles under the superficial ones.
+    layer : {"superficial", "deep", "structures", None}
+        Which layer to show; ``None`` draws deep muscles under the superficial ones.
+        ``structures`` shows the ligaments, tendons and periosteal sites over faded muscles.
+    structures : bool, optional
+        ``True`` shows the structures over the muscles of a muscle layer too (a chart);
+        ``False`` leaves them out (a figure that never shows them: less to send); by
+        default they are drawn, hidden unless ``layer="structures"``.
     labels : bool
-        Write each muscle's short name on it (for printed charts).
+        Write each region's short name on it (for printed charts): the muscles, or the
+        structures when ``layer="structures"``.
     height : int
         Height in screen pixels; the width follows from the body's proportions.
     hover : bool
-        Name the muscle under the pointer.
+        Name the muscle or structure under the pointer.
     toolbar : bool
         Show Bokeh's toolbar (off for exported figures).
     title : str, optional
         Defaults to the view's name.
     muscle_alpha : float
         Opacity of the muscles (lower it to show heatmaps or marks on top).
+    extent : (xmin, ymin, xmax, ymax), optional
+        Show only this part of the view, in centimetres (e.g. a close-up of the knee).
 
     Returns
     -------
     bokeh.plotting.figure
-        One patches renderer per layer, named ``"muscles-superficial"`` and
-        ``"muscles-deep"`` (hidden unless asked for); their sources have one row per region
-        with columns ``region`` (index into ``atlas.regions``), ``muscle``, ``name``, ``side``.
+        Patches renderers named ``"muscles-superficial"``, ``"muscles-deep"`` and
+        ``"structures"``, plus ``"muscles-context"`` (the superficial muscles faded, under
+        the structures): those of the layers not shown are hidden, and :func:`show_layer`
+        switches between them (:data:`LAYER_RENDERERS`). Their sources have one row per
+        region with columns ``region`` (index into ``atlas.regions``), ``muscle`` (the region
+        id), ``name``, ``side``, ``layer``; the structures' also ``kind``.
     """
-    xmin, ymin, xmax, ymax = atlas.bounds(view)
-    pad = 1.5
+    if layer == "structures" and structures is False:
+        raise ValueError("layer='structures' shows the structures: structures=False contradicts it")
+    xmin, ymin, xmax, ymax = extent if extent is not None else atlas.bounds(view)
+    pad = 1.5 if extent is None else 0.0
     aspect = (xmax - xmin + 2 * pad) / (ymax - ymin + 2 * pad)
     fig = figure(
         title=title if title is not None else VIEW_TITLES[view],
@@ -178,19 +246,20 @@ def atlas_figure(
     xs, ys = _rings(atlas.outline(view))
     fig.patches(xs, ys, fill_color=SKIN, line_color="#8a6f5a", line_width=1.2)
 
-    # Both layers are drawn; the one not asked for is hidden, so a page can switch layers
+    # Every layer is drawn; those not asked for are hidden, so a page can switch layers
     # by toggling visibility instead of rebuilding the figure.
-    renderers = []
+    muscle_renderers = []
+    sources: dict[str, ColumnDataSource] = {}
     for lay in ("deep", "superficial"):
         regions_l = atlas.regions_in(view, lay)
         if not regions_l:
             continue
-        source = ColumnDataSource(region_source_data(regions_l), name=f"muscle-source-{lay}")
-        renderers.append(
+        sources[lay] = ColumnDataSource(region_source_data(regions_l), name=f"muscle-source-{lay}")
+        muscle_renderers.append(
             fig.patches(
                 "xs",
                 "ys",
-                source=source,
+                source=sources[lay],
                 fill_color="colour",
                 fill_alpha=muscle_alpha,
                 line_color="#5b2420",
@@ -203,30 +272,85 @@ def atlas_figure(
                 visible=layer is None or layer == lay,
             )
         )
-    shown = ("deep", "superficial") if layer is None else (layer,)
-    regions = [r for lay in shown for r in atlas.regions_in(view, lay)]
+    on_structures = layer == "structures"
+    if "superficial" in sources and structures is not False:
+        # Orientation under the structures: the same source, faded, answering no hover.
+        fig.patches(
+            "xs",
+            "ys",
+            source=sources["superficial"],
+            fill_color="colour",
+            fill_alpha=0.28,
+            line_color="#5b2420",
+            line_alpha=0.35,
+            line_width=0.6,
+            name="muscles-context",
+            visible=on_structures,
+        )
     _draw_landmarks(fig, atlas, view)
+    structure_regions = atlas.regions_in(view, "structures") if structures is not False else []
+    structure_renderer = None
+    if structure_regions:
+        structure_renderer = fig.patches(
+            "xs",
+            "ys",
+            source=ColumnDataSource(
+                structure_source_data(structure_regions), name="structure-source"
+            ),
+            fill_color="colour",
+            fill_alpha=0.95,
+            hatch_pattern="hatch",
+            hatch_color="line",
+            hatch_alpha=0.7,
+            hatch_scale=5.0,
+            hatch_weight=0.8,
+            line_color="line",
+            line_width=1.3,
+            hover_fill_color="#fff7d6",
+            hover_line_width=2.4,
+            hover_line_color="#1d1d1d",
+            name="structures",
+            visible=on_structures or bool(structures),
+        )
     if labels:
+        if on_structures:
+            regions = structure_regions
+        else:
+            shown = ("deep", "superficial") if layer is None else (layer,)
+            regions = [r for lay in shown for r in atlas.regions_in(view, lay)]
+        if extent is not None:
+            regions = [r for r in regions if r.polygon.intersects(box(*extent))]
         # The pole of inaccessibility sits deepest inside the shape: labels stay on it.
         pts = [polylabel(r.polygon, tolerance=0.05) for r in regions]
         fig.text(
             [p.x for p in pts],
             [p.y for p in pts],
             [r.short for r in regions],
-            text_font_size="7pt",
+            text_font_size="8pt" if on_structures else "7pt",
             text_align="center",
             text_baseline="middle",
             text_color="#1d1d1d",
-            angle=np.pi / 2 if view.startswith("lateral") else 0,
+            background_fill_color="white" if on_structures else None,
+            background_fill_alpha=0.75,
+            angle=np.pi / 2 if view.startswith("lateral") and not on_structures else 0,
+            name="labels",
         )
     if hover:
         fig.add_tools(
             HoverTool(
-                renderers=renderers,
+                renderers=muscle_renderers,
                 tooltips=[("Muscle", "@name"), ("Layer", "@layer")],
                 point_policy="follow_mouse",
             )
         )
+        if structure_renderer is not None:
+            fig.add_tools(
+                HoverTool(
+                    renderers=[structure_renderer],
+                    tooltips=[("Structure", "@name"), ("Kind", "@kind")],
+                    point_policy="follow_mouse",
+                )
+            )
     return fig
 
 
@@ -594,12 +718,56 @@ def _draw_landmarks(fig: figure, atlas: Atlas, view: str) -> None:
         )
 
 
-def atlas_overview(atlas: Atlas, *, height: int = 640, labels: bool = True) -> LayoutDOM:
-    """All four views side by side, with muscle names: the chart of ``tpmap atlas``."""
+#: Close-ups of the patient's right knee for the chart, ``(view, title, extent, (left,
+#: right))``, the last naming the directions at the figure's sides: the structures are too
+#: small to name on the whole body.
+KNEE_CLOSE_UPS: tuple[tuple[str, str, tuple[float, float, float, float], tuple[str, str]], ...] = (
+    ("anterior", "Right knee, front", (-15.0, 40.5, -1.5, 63.0), ("lateral", "medial")),
+    ("lateral_right", "Right knee, lateral", (-8.5, 40.5, 9.0, 63.0), ("posterior", "anterior")),
+)
+
+
+def atlas_overview(
+    atlas: Atlas, *, height: int = 640, labels: bool = True, structures: bool = True
+) -> LayoutDOM:
+    """All four views side by side, with muscle names: the chart of ``tpmap atlas``.
+
+    With ``structures`` the ligaments, tendons and periosteal sites are drawn over the
+    muscles, and two close-ups of the right knee name them.
+    """
     figs = [
-        atlas_figure(atlas, v, labels=labels, height=height, toolbar=False) for v in atlas.views
+        atlas_figure(atlas, v, labels=labels, height=height, toolbar=False, structures=structures)
+        for v in atlas.views
     ]
-    return row(*figs, name="atlas-overview")
+    if not structures:
+        return row(*figs, name="atlas-overview")
+    close_ups = []
+    for view, title, extent, (left, right) in KNEE_CLOSE_UPS:
+        fig = atlas_figure(
+            atlas,
+            view,
+            layer="structures",
+            labels=labels,
+            height=height // 2,
+            toolbar=False,
+            title=title,
+            extent=extent,
+        )
+        # Which way is medial (or anterior): a close-up has no body around it to tell.
+        xmin, ymin, xmax, _ = extent
+        fig.text(
+            [xmin + 0.3, xmax - 0.3],
+            [ymin + 0.4] * 2,
+            [f"\u2190 {left}", f"{right} \u2192"],
+            text_align=["left", "right"],
+            text_baseline="bottom",
+            text_font_size="8pt",
+            text_font_style="italic",
+            text_color="#3d3d3d",
+            name="directions",
+        )
+        close_ups.append(fig)
+    return row(*figs, column(*close_ups), name="atlas-overview")
 
 
 def _webdriver(scale: float = 1.0):
