@@ -126,3 +126,34 @@ def test_a_finger_tap_on_a_tablet_is_kept(serve, page, tmp_path):
     wait_status(page, "Saved: Vastus medialis obliquus (left)")
     assert [m.muscle for m in wait_marks(store, session.id, 1)] == ["vmo"]
     store.close()
+
+
+def test_the_structures_layer_records_the_ligament_tapped(serve, page, tmp_path):
+    url = f"sqlite:///{tmp_path / 'structures.db'}"
+    store = Store(url)
+    patient = store.create_patient({"code": "P-PERI"}, "t")
+    episode = store.create_episode(
+        patient.id,
+        {"condition": "knee_osteoarthritis", "affected_side": "left", "start_date": "2026-01-05"},
+        "t",
+    )
+    session = store.create_session(episode.id, {"date": "2026-01-06", "clinician": "AB"}, "t")
+    server = serve(url)
+    page.goto(server.url + "/annotate")
+    wait_for_bokeh(page)
+    page.locator(".tp-patient select").select_option(label="P-PERI")
+    wait_status(page, "0 marks")
+    page.get_by_role("button", name="Ligaments, tendons, bone").click()
+    # The left knee (the affected one) close up: the MPFL and the joint line are tappable.
+    for structure in ("mpfl", "medial_joint_line"):
+        region = ATLAS.region("anterior", structure, "left", "structures")
+        p = region.polygon.representative_point()
+        page.wait_for_timeout(300)  # the close-up is drawn
+        tap(page, "atlas-anterior", p.x, p.y)
+        wait_status(page, f"Saved: {ATLAS.muscle_name(structure)} (left)")
+    marks = wait_marks(store, session.id, 2)
+    assert [(m.muscle, m.layer) for m in marks] == [
+        ("mpfl", "structures"),
+        ("medial_joint_line", "structures"),
+    ]
+    store.close()

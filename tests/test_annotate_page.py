@@ -569,3 +569,58 @@ def test_the_form_reads_its_titles_and_choices_from_the_field_specifications(pag
     assert (
         page.session_panel.ppts.fields["kg_cm2"].widget.title == "Pressure pain threshold (kg/cm2)"
     )
+
+
+# -- the structures layer (ligaments, tendons, periosteum) ----------------------------------------
+
+
+def structures_layer(page) -> None:
+    page.diagram.layer_switch.active = list(model.LAYERS).index("structures")
+
+
+def test_a_tap_on_each_structure_stores_that_structure(page, store):
+    structures_layer(page)
+    assert page.diagram.layer_switch.labels[-1] == "Ligaments, tendons, bone"
+    regions = [r for v in ATLAS.views for r in ATLAS.regions_in(v, "structures")]
+    assert {ATLAS.kind(r.muscle) for r in regions} == {"ligament", "tendon", "periosteum"}
+    expected = []
+    for r in regions:
+        page.select(None)
+        page.diagram.show_view_of(r.view)
+        p = r.polygon.representative_point()
+        page.diagram.tap(r.view, p.x, p.y)
+        expected.append((r.view, r.muscle, r.side))
+        if page.status.text.startswith("Selected"):
+            expected.pop()  # a mark of a neighbour within reach: selecting it is right
+    marks = stored(store, page)
+    assert [(m.view, m.muscle, m.side) for m in marks] == expected
+    assert {m.layer for m in marks} == {"structures"}
+    assert len(expected) > len(regions) // 2
+    assert {"mpfl", "medial_joint_line", "pes_anserinus"} <= {m.muscle for m in marks}
+
+
+def test_the_structures_layer_shows_the_affected_knee_close_up(page):
+    fig_a = fig(page, "anterior")
+    full = (fig_a.x_range.start, fig_a.x_range.end, fig_a.y_range.start, fig_a.y_range.end)
+    structures_layer(page)
+    x0, x1, y0, y1 = fig_a.x_range.start, fig_a.x_range.end, fig_a.y_range.start, fig_a.y_range.end
+    assert (y1 - y0) < (full[3] - full[2]) / 2  # zoomed at least twice
+    assert y0 < 48.5 < y1  # the knee joint line is in the frame
+    mpfl = ATLAS.region("anterior", "mpfl", "right", "structures").polygon
+    assert x0 < mpfl.centroid.x < x1  # the affected (right) knee
+    # Proportions kept: the figure's frame is not stretched.
+    assert (x1 - x0) / (y1 - y0) == pytest.approx((full[1] - full[0]) / (full[3] - full[2]))
+    page.diagram.layer_switch.active = 0
+    assert (fig_a.x_range.start, fig_a.x_range.end, fig_a.y_range.start, fig_a.y_range.end) == full
+
+
+def test_a_structure_mark_offers_structures_to_override(page, store):
+    structures_layer(page)
+    p = ATLAS.region("anterior", "mpfl", "right", "structures").polygon.representative_point()
+    page.diagram.tap("anterior", p.x, p.y)
+    (m,) = stored(store, page)
+    assert m.muscle == "mpfl" and m.layer == "structures"
+    muscle = page.mark_form.fields["muscle"].widget
+    assert muscle.title == "Structure"
+    ids = [v for v, _ in muscle.options][1:]
+    assert "mpfl" in ids and "vmo" not in ids

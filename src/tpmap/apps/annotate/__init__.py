@@ -77,7 +77,11 @@ class AnnotatePage:
         self.marks_table = MarksTable(
             self.ctx, width=self.plan.panel_width, height=self.plan.table_height
         )
-        self.pickers = Pickers(self.ctx, on_session=self.session_panel.show)
+        self.pickers = Pickers(
+            self.ctx,
+            on_session=self.session_panel.show,
+            on_episode=lambda episode: self.diagram.focus_knee(episode.affected_side),
+        )
         self.tabs = Tabs(
             tabs=[
                 TabPanel(child=self.mark_form.layout, title="Mark"),
@@ -151,6 +155,8 @@ class AnnotatePage:
         controls_width = self.diagram.pair_width(plan.figure_height)
         if self.diagram.controls.width != controls_width:
             self.diagram.controls.width = controls_width
+        if self.diagram.actions.width != plan.panel_width:
+            self.diagram.actions.width = plan.panel_width
         self.mark_form.resize(plan.panel_width)
         self.marks_table.resize(plan.panel_width, plan.table_height)
         if self.tabs.width != plan.panel_width:

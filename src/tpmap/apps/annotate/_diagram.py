@@ -34,10 +34,12 @@ from tpmap import model
 from tpmap.apps.annotate._context import Context
 from tpmap.apps.annotate._state import Change
 from tpmap.apps.annotate._status import describe
-from tpmap.plotting import atlas_figure
+from tpmap.plotting import atlas_figure, show_layer
 
 __all__ = ["SAVED_FILL", "SAVING_FILL", "SELECT_RADIUS_CM", "Diagram"]
 
+#: The knee joint line on the reference body (0.285 H for H = 170 cm; Drillis & Contini).
+KNEE_JOINT_Y = 48.5
 #: A tap this close (cm) to a mark of the session selects it instead of adding one.
 SELECT_RADIUS_CM = 0.8
 SAVED_FILL = "#173f7a"
@@ -79,28 +81,34 @@ class Diagram:
             active=0,
             name="layer",
         )
-        self.undo_button = Button(label="↶ Undo", name="undo", width=90)
+        self.undo_button = Button(label="↶ Undo", name="undo", width=80)
         self.delete_button = Button(
-            label="Delete mark", name="delete", width=110, button_type="danger", disabled=True
+            label="Delete mark", name="delete", width=100, button_type="danger", disabled=True
         )
         self.figures: dict[str, figure] = {}
         self.sources: dict[str, ColumnDataSource] = {}
         self.earlier_sources: dict[str, ColumnDataSource] = {}
         self._drawing = False  # True while the page itself writes the mark sources
-        # Renderers that belong to one layer: muscles-<layer>, and the structures layer.
-        self._layer_renderers = {*(f"muscles-{layer}" for layer in model.LAYERS), "structures"}
+        self.knee_side = "right"  # the knee the structures layer shows close up
         for view in self.views:
             self.figures[view] = self._figure(view, height)
+        # Each view's whole-body ranges (x0, x1, y0, y1), to come back to from a close-up.
+        self._full = {
+            v: (f.x_range.start, f.x_range.end, f.y_range.start, f.y_range.end)
+            for v, f in self.figures.items()
+        }
         self.figure_row = row(*self.figures.values(), name="figures", spacing=8)
-        # The switches wrap onto a second line when the diagrams are narrow (portrait).
-        self.controls = row(
-            self.view_switch,
+        self.controls = row(self.view_switch, name="diagram-controls")
+        # The layer switch sits with Undo and Delete over the side panel, where there is
+        # room for its three buttons; the row wraps in a narrow (portrait) panel.
+        self.actions = row(
             self.layer_switch,
+            self.undo_button,
+            self.delete_button,
             spacing=8,
-            name="diagram-controls",
+            name="mark-actions",
             stylesheets=[InlineStyleSheet(css=":host { flex-wrap: wrap; row-gap: 4px; }")],
         )
-        self.actions = row(self.undo_button, self.delete_button, spacing=8, name="mark-actions")
 
         self.view_switch.on_change("active", lambda _a, _o, new: self._show_view(new))
         self.layer_switch.on_change("active", lambda _a, _o, new: self._show_layer(new))
@@ -167,12 +175,14 @@ class Diagram:
         self.earlier_sources[view] = earlier
         return fig
 
+    def _width(self, view: str, height: int) -> int:
+        x0, x1, y0, y1 = self._full[view]
+        return max(int(height * (x1 - x0) / (y1 - y0)) + 20, 120)
+
     def resize(self, height: int) -> None:
         """Give every figure ``height`` pixels; widths follow the body's proportions."""
-        for fig in self.figures.values():
-            span_x = fig.x_range.end - fig.x_range.start
-            span_y = fig.y_range.end - fig.y_range.start
-            width = max(int(height * span_x / span_y) + 20, 120)
+        for view, fig in self.figures.items():
+            width = self._width(view, height)
             if fig.height != height:
                 fig.height = height
             if fig.width != width:
@@ -180,16 +190,7 @@ class Diagram:
 
     def pair_width(self, height: int) -> int:
         """The width the widest pair of views takes at ``height`` pixels."""
-        widths = []
-        for pair in VIEW_PAIRS:
-            total = 0
-            for view in pair:
-                fig = self.figures[view]
-                span_x = fig.x_range.end - fig.x_range.start
-                span_y = fig.y_range.end - fig.y_range.start
-                total += max(int(height * span_x / span_y) + 20, 120)
-            widths.append(total + 8)
-        return max(widths)
+        return max(sum(self._width(v, height) for v in pair) + 8 for pair in VIEW_PAIRS)
 
     def _show_view(self, index: int) -> None:
         shown = VIEW_PAIRS[index] if 0 <= index < len(VIEW_PAIRS) else VIEW_PAIRS[0]
@@ -197,14 +198,60 @@ class Diagram:
             if fig.visible != (view in shown):
                 fig.visible = view in shown
 
-    def _show_layer(self, index: int) -> None:
+    def _show_layer(self, _index: int) -> None:
         layer = self.layer
         for fig in self.figures.values():
-            for r in fig.renderers:
-                if r.name in self._layer_renderers:
-                    visible = r.name in (f"muscles-{layer}", layer)
-                    if r.visible != visible:
-                        r.visible = visible
+            show_layer(fig, layer)
+        self._frame_ranges()
+
+    def _frame_ranges(self) -> None:
+        """Show the whole body, or (structures layer) the knee close up, where fingers
+        need the room: a ligament is a few millimetres wide on the whole-body view."""
+        for view, fig in self.figures.items():
+            extent = self._full[view]
+            if self.layer == model.Layer.STRUCTURES:
+                extent = self._knee_extent(view, fig) or extent
+            x0, x1, y0, y1 = extent
+            for rng, (start, end) in ((fig.x_range, (x0, x1)), (fig.y_range, (y0, y1))):
+                if (rng.start, rng.end) != (start, end):
+                    rng.update(start=start, end=end)
+
+    def _knee_structures(self, view: str) -> list[Any]:
+        side = self.knee_side if view in ("anterior", "posterior") else None
+        return [
+            r
+            for r in self.atlas.regions_in(view, model.Layer.STRUCTURES)
+            if (side is None or r.side == side) and 35.0 <= r.polygon.centroid.y <= 65.0
+        ]
+
+    def _knee_extent(self, view: str, fig: figure) -> tuple[float, float, float, float] | None:
+        # One zoom for every view, set by the front view's knee structures with a margin;
+        # each view centred on its own knee structures (or the leg at the joint line).
+        front = self._knee_structures("anterior")
+        if not front:
+            return None
+        bounds = [r.polygon.bounds for r in front]
+        ax0, ax1, ay0, ay1 = self._full["anterior"]
+        front_aspect = (ax1 - ax0) / (ay1 - ay0)
+        span_x = max(b[2] for b in bounds) - min(b[0] for b in bounds)
+        span_y = max(b[3] for b in bounds) - min(b[1] for b in bounds)
+        half_h = max(span_x / front_aspect, span_y) / 2 + 4.0
+        x0, x1, y0, y1 = self._full[view]
+        half_w = half_h * (x1 - x0) / (y1 - y0)  # the frame's proportions are kept
+        own = self._knee_structures(view)
+        if own:
+            cx = sum(r.polygon.centroid.x for r in own) / len(own)
+            cy = sum(r.polygon.centroid.y for r in own) / len(own)
+        else:
+            cx, cy = (x0 + x1) / 2, KNEE_JOINT_Y
+        return (cx - half_w, cx + half_w, cy - half_h, cy + half_h)
+
+    def focus_knee(self, affected_side: str | None) -> None:
+        """Close-ups of the structures layer show the episode's affected knee."""
+        side = affected_side if affected_side in model.SIDES else "right"
+        if side != self.knee_side:
+            self.knee_side = side
+            self._frame_ranges()
 
     @property
     def layer(self) -> str:
@@ -219,9 +266,6 @@ class Diagram:
                 self.view_switch.active = i
 
     # ------------------------------------------------------------------ drawing
-    def _label(self, muscle: str, side: str) -> str:
-        return f"{self.atlas.muscle_name(muscle)} ({side})"
-
     @staticmethod
     def _mark_data(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
         return {k: [r[k] for r in rows] for k in _MARK_COLUMNS}
@@ -245,7 +289,7 @@ class Diagram:
                     "id": m.id,
                     "x": m.x,
                     "y": m.y,
-                    "label": self._label(m.muscle, m.side),
+                    "label": self.ctx.label(m.muscle, m.side),
                     "state": "selected" if m.id == state.selected else "saved",
                     "fill": SELECTED_FILL if m.id == state.selected else SAVED_FILL,
                     "line": "#000000" if m.id == state.selected else SAVED_FILL,
@@ -284,7 +328,7 @@ class Diagram:
             source.data = {
                 "x": [m.x for m in pts],
                 "y": [m.y for m in pts],
-                "label": [self._label(m.muscle, m.side) for m in pts],
+                "label": [self.ctx.label(m.muscle, m.side) for m in pts],
                 "date": [m.session_date.isoformat() for m in pts],
             }
 
@@ -312,11 +356,12 @@ class Diagram:
         if near is not None:
             state.select(near)
             m = state.marks[near]
-            ctx.status.say(f"Selected {self._label(m.muscle, m.side)}.")
+            ctx.status.say(f"Selected {self.ctx.label(m.muscle, m.side)}.")
             return
         region = self.atlas.region_at(view, x, y, layer=self.layer)
         if region is None:
-            ctx.status.say("Not on a muscle: nothing was saved.", error=True)
+            where = "structure" if self.layer == model.Layer.STRUCTURES else "muscle"
+            ctx.status.say(f"Not on a {where}: nothing was saved.", error=True)
             return
         fields = {
             "view": view,
@@ -333,7 +378,7 @@ class Diagram:
 
         def saved(mark: Any) -> None:
             state.saved(pending.id, mark)
-            ctx.status.say(f"Saved: {self._label(mark.muscle, mark.side)}")
+            ctx.status.say(f"Saved: {self.ctx.label(mark.muscle, mark.side)}")
 
         def failed(exc: Exception) -> None:
             state.drop_pending(pending.id)
@@ -388,8 +433,9 @@ class Diagram:
         region = self.atlas.region_at(view, float(x), float(y), layer=mark.layer)
         if region is None:
             self.redraw()  # put it back where it is stored
+            where = "structure" if mark.layer == model.Layer.STRUCTURES else "muscle"
             ctx.status.say(
-                f"Not on a muscle: {self._label(mark.muscle, mark.side)} was put back.",
+                f"Not on a {where}: {self.ctx.label(mark.muscle, mark.side)} was put back.",
                 error=True,
             )
             return
@@ -397,7 +443,7 @@ class Diagram:
         def done(m: Any) -> None:
             state.update(m)
             state.select(m.id)
-            ctx.status.say(f"Moved to {self._label(m.muscle, m.side)}.")
+            ctx.status.say(f"Moved to {self.ctx.label(m.muscle, m.side)}.")
 
         def failed(exc: Exception) -> None:
             self.redraw()
@@ -424,7 +470,9 @@ class Diagram:
         def done(marks: list[Any]) -> None:
             if session_id == state.session_id:
                 state.replace_marks(marks)
-            ctx.status.say(f"Deleted {self._label(mark.muscle, mark.side)}. Undo brings it back.")
+            ctx.status.say(
+                f"Deleted {self.ctx.label(mark.muscle, mark.side)}. Undo brings it back."
+            )
 
         def work() -> list[Any]:
             ctx.store.delete_mark(mark.id, ctx.user)

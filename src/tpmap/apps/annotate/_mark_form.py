@@ -42,7 +42,19 @@ class MarkForm:
         self.title = Div(text=_PROMPT, name="mark-title", width=width)
         specs = model.MARK_FIELDS
         half = _half(width)
-        muscles = [(m, ctx.atlas.muscle_name(m)) for m in ctx.atlas.muscles]
+        atlas = ctx.atlas
+        # The override list offers what lies in the mark's own layer: muscles (and fascia),
+        # or the ligaments, tendons and periosteal sites.
+        self._choices = {
+            layer: [
+                (m, atlas.muscle_name(m))
+                for m in dict.fromkeys(
+                    r.muscle for v in atlas.views for r in atlas.regions_in(v, layer)
+                )
+            ]
+            for layer in model.LAYERS
+        }
+        muscles = self._choices[model.Layer.SUPERFICIAL] + self._choices[model.Layer.DEEP]
         self.fields: dict[str, FieldInput] = {}
         for name in ("muscle", *model.MARK_DETAIL_FIELDS):
             self.fields[name] = FieldInput(
@@ -89,6 +101,17 @@ class MarkForm:
             return
         same = self._shown == m.id
         self._shown = m.id
+        structure = m.layer == model.Layer.STRUCTURES
+        choices = (
+            self._choices[m.layer]
+            if structure
+            else self._choices[model.Layer.SUPERFICIAL] + self._choices[model.Layer.DEEP]
+        )
+        muscle = self.fields["muscle"].widget
+        options = [("", "—"), *choices]
+        if muscle.options != options:
+            muscle.options = options
+            muscle.title = "Structure" if structure else model.MARK_FIELDS["muscle"].title
         for name, f in self.fields.items():
             f.show(getattr(m, name), keep_invalid=same)
         applies = set(model.fields_for_technique(m.technique))

@@ -17,6 +17,7 @@ from tpmap.store import NotFoundError
 __all__ = ["Pickers", "parse_id"]
 
 SessionLoaded = Callable[[Any, list[Any], list[Any]], None]
+EpisodeOpened = Callable[[Any], None]
 #: A row of pickers or form fields continues on a second line in a narrow window.
 WRAP_CSS = ":host { flex-wrap: wrap; row-gap: 2px; }"
 
@@ -49,9 +50,16 @@ def session_label(s: Any) -> str:
 class Pickers:
     """Patient search and pickers for patient, episode and session, with their + forms."""
 
-    def __init__(self, ctx: Context, *, on_session: SessionLoaded) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        on_session: SessionLoaded,
+        on_episode: EpisodeOpened | None = None,
+    ) -> None:
         self.ctx = ctx
         self._on_session = on_session
+        self._on_episode = on_episode
         self.search = TextInput(
             title="Find", placeholder="Search code", name="patient-search", width=140
         )
@@ -248,15 +256,18 @@ class Pickers:
             return
         patient_id = state.patient_id
 
-        def load() -> list[Any]:
+        def load() -> tuple[Any, list[Any]]:
             episode = ctx.store.get_episode(episode_id)
             if episode.patient_id != patient_id:
                 raise NotFoundError(f"episode {episode_id} is not patient {patient_id}'s")
-            return ctx.store.list_sessions(episode_id)
+            return episode, ctx.store.list_sessions(episode_id)
 
-        def loaded(sessions: list[Any]) -> None:
+        def loaded(result: tuple[Any, list[Any]]) -> None:
+            episode, sessions = result
             state.episode_id = episode_id
             state.close()
+            if self._on_episode is not None:
+                self._on_episode(episode)
             self.session_select.options = [
                 (BLANK, "—"),
                 *[(str(s.id), session_label(s)) for s in sessions],
