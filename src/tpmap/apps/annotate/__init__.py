@@ -8,6 +8,8 @@ The page is made of parts, each owning its widgets and callbacks:
 - :class:`~tpmap.apps.annotate._session_panel.SessionPanel`: NPRS, pressure pain
   thresholds, adverse events;
 - :class:`~tpmap.apps.annotate._marks_table.MarksTable`: the session's marks as a list;
+- :class:`~tpmap.apps.annotate._progress.ProgressView`: pain, outcome scores and needling
+  sites across the episode;
 - :class:`~tpmap.apps.annotate._status.StatusLine`: one message per action.
 
 They share a :class:`~tpmap.apps.annotate._context.Context` (store, atlas, user, worker,
@@ -41,6 +43,7 @@ from tpmap.apps.annotate._layout import PAGE_MARGIN, REPORT_VIEWPORT_JS, LayoutP
 from tpmap.apps.annotate._mark_form import MarkForm
 from tpmap.apps.annotate._marks_table import MarksTable
 from tpmap.apps.annotate._pickers import Pickers
+from tpmap.apps.annotate._progress import ProgressView
 from tpmap.apps.annotate._runner import Runner
 from tpmap.apps.annotate._session_panel import SessionPanel
 from tpmap.apps.annotate._state import SessionState
@@ -77,6 +80,7 @@ class AnnotatePage:
         self.marks_table = MarksTable(
             self.ctx, width=self.plan.panel_width, height=self.plan.table_height
         )
+        self.progress = ProgressView(self.ctx, width=self.plan.panel_width)
         self.pickers = Pickers(
             self.ctx,
             on_session=self.session_panel.show,
@@ -87,11 +91,13 @@ class AnnotatePage:
                 TabPanel(child=self.mark_form.layout, title="Mark"),
                 TabPanel(child=self.session_panel.layout, title="Session"),
                 TabPanel(child=self.marks_table.layout, title="Marks"),
+                TabPanel(child=self.progress.layout, title="Progress"),
             ],
             name="panel",
             width=self.plan.panel_width,
         )
         self.state.listen(self._on_state)
+        self.tabs.on_change("active", lambda _a, _o, new: self._tab_shown(new))
 
         diagram = column(self.diagram.controls, self.diagram.figure_row, name="diagram")
         panel = column(self.diagram.actions, self.tabs, name="side-panel")
@@ -159,13 +165,23 @@ class AnnotatePage:
             self.diagram.actions.width = plan.panel_width
         self.mark_form.resize(plan.panel_width)
         self.marks_table.resize(plan.panel_width, plan.table_height)
+        self.progress.resize(plan.panel_width, plan.table_height + 30)
         if self.tabs.width != plan.panel_width:
             self.tabs.width = plan.panel_width
 
     # ------------------------------------------------------------------ state
+    PROGRESS_TAB = 3
+
     def _on_state(self, change: str) -> None:
         if change == "selection" and self.state.selected is not None:
             self.tabs.active = 0  # show the selected mark's details
+        elif change == "session" and self.tabs.active == self.PROGRESS_TAB:
+            self.progress.load()
+
+    def _tab_shown(self, index: int) -> None:
+        # The progress view reads the whole episode: only when it is looked at.
+        if index == self.PROGRESS_TAB:
+            self.progress.load()
 
     # ------------------------------------------------------------------ conveniences
     @property
