@@ -14,6 +14,11 @@ from pathlib import Path
 
 import pytest
 
+# Every store keys its audit trail with the server secret; tests never read or generate the
+# one in the user's data directory.
+TEST_SECRET = "tpmap-test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+os.environ.setdefault("TPMAP_SECRET", TEST_SECRET)
+
 # The database fixtures (`store`, `store_url`): SQLite always, PostgreSQL when configured.
 pytest_plugins = ["store_fixtures"]
 

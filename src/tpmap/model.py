@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
@@ -62,6 +63,7 @@ __all__ = [
     "TpStatus",
     "ValidationError",
     "View",
+    "clean_text",
     "coerce_bool",
     "coerce_float",
     "coerce_int",
@@ -527,7 +529,33 @@ def _date(value: object, name: str, *, not_future: bool = True) -> dt.date:
     return result
 
 
-def _text(value: object, name: str, max_length: int) -> str:
+# Hostile text: characters that are invisible, reorder what is shown (the "Trojan source"
+# bidirectional overrides and isolates), or that a database refuses (NUL, lone surrogates).
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_LINE_BREAKS = frozenset("\n\r\t")
+
+
+def _hostile(text: str, name: str, *, multiline: bool = False) -> None:
+    """Raise ValueError naming ``name`` when ``text`` holds a control or bidi override character."""
+    for char in text:
+        if char.isprintable() or char == " ":
+            continue
+        if multiline and char in _LINE_BREAKS:
+            continue
+        if char in _BIDI_CONTROLS:
+            raise ValueError(
+                f"{name} contains a character that reverses the text's direction: retype it"
+            )
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs"):
+            raise ValueError(f"{name} contains a control or invalid character: retype it")
+        # Other format characters (Cf: zero-width joiners, soft hyphens ...) and separators
+        # are harmless in free text but never belong in a single-line name or code.
+        if not multiline and category != "Zs":
+            raise ValueError(f"{name} contains an invisible character: retype it")
+
+
+def _text(value: object, name: str, max_length: int, *, multiline: bool = False) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -535,11 +563,34 @@ def _text(value: object, name: str, max_length: int) -> str:
     text = value.strip()
     if len(text) > max_length:
         raise ValueError(f"{name} is at most {max_length} characters")
+    _hostile(text, name, multiline=multiline)
     return text
 
 
+def clean_text(
+    value: object, label: str, max_length: int, *, multiline: bool = False, strip: bool = True
+) -> str:
+    """Text of at most ``max_length`` characters without control or bidi override characters.
+
+    For names and labels outside the clinical records (accounts, clinics); raises
+    :class:`ValidationError` with a message naming ``label``.
+
+    >>> clean_text(" North clinic ", "Clinic name", 100)
+    'North clinic'
+    """
+    try:
+        if strip:
+            return _text(value, label, max_length, multiline=multiline)
+        if not isinstance(value, str):
+            raise ValueError(f"{label} must be text")
+        _hostile(value, label, multiline=multiline)
+        return value
+    except ValueError as exc:
+        raise ValidationError({label.lower().replace(" ", "_"): str(exc)}) from None
+
+
 def _note(value: object) -> str:
-    return _text(value, "Note", MAX_NOTE_LENGTH)
+    return _text(value, "Note", MAX_NOTE_LENGTH, multiline=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -718,6 +769,9 @@ def _code(value: object) -> str | None:
     if not isinstance(value, str):
         raise ValueError("Patient code must be text such as P-0042")
     text = value.strip()
+    if len(text) > 32:
+        raise ValueError("Patient code is at most 32 characters, such as P-0042")
+    _hostile(text, "Patient code")
     if " " in text or "," in text:
         raise ValueError(_CODE_NAME_MESSAGE)
     if not _CODE.match(text):

@@ -1,31 +1,54 @@
-"""The Store: every read and write of tpmap's clinical record.
+"""The Store: every read and write of tpmap's clinical record, accounts and audit trail.
 
 Each public method opens its own connection from the engine and commits before it returns,
 so a Store may be shared between threads (the web page calls it from a worker thread).
 Every mutating method validates through :mod:`tpmap.model` first: bad input raises
 :class:`~tpmap.model.ValidationError` and leaves the database unchanged.
+
+Every change is written to the audit trail in the same transaction (see
+:mod:`tpmap.store._audit`). A method's ``user`` is either a name (the command line, imports,
+scripts: unscoped) or a :class:`~tpmap.auth.Principal` (a signed-in user: the account must be
+an active clinician, and every id must belong to one of their clinics, checked in the same
+transaction; anything else is "not found"). :meth:`Store.scoped` binds a principal.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import hashlib
 import itertools
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import logging
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Engine, Table, case, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    Engine,
+    Table,
+    and_,
+    case,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import URL, Connection, RowMapping, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
-from tpmap import model
+from tpmap import auth, model
+from tpmap.auth import AccessDenied, Principal, Secret
 from tpmap.model import ValidationError
-from tpmap.store import _migrate
+from tpmap.store import _audit, _migrate
+from tpmap.store._audit import AuditEntry, AuditReport
 from tpmap.store._engine import WRITE_OPTION, default_database_url, make_engine
 from tpmap.store._records import (
     AdverseEvent,
+    Clinic,
     Episode,
     Mark,
     MarkChange,
@@ -34,21 +57,34 @@ from tpmap.store._records import (
     Patient,
     PressurePainThreshold,
     SessionRecord,
+    SignInError,
+    UserAccount,
     record_from_row,
 )
 from tpmap.store.schema import (
     AdverseEventRow,
+    AuditRow,
+    ClinicRow,
     EpisodeRow,
+    LoginSessionRow,
     MarkChangeRow,
     MarkRow,
     OutcomeMeasureRow,
     PatientRow,
     PressurePainThresholdRow,
     SessionRow,
+    UserClinicRow,
+    UserRow,
     utcnow,
 )
 
-__all__ = ["Store", "open_store"]
+if TYPE_CHECKING:
+    from tpmap.store._scoped import ScopedStore
+
+__all__ = ["SignIn", "Store", "open_store"]
+
+log = logging.getLogger("tpmap.store")
+auth_log = logging.getLogger("tpmap.auth")
 
 _patients: Table = PatientRow.__table__  # type: ignore[assignment]
 _episodes: Table = EpisodeRow.__table__  # type: ignore[assignment]
@@ -58,6 +94,11 @@ _changes: Table = MarkChangeRow.__table__  # type: ignore[assignment]
 _ppts: Table = PressurePainThresholdRow.__table__  # type: ignore[assignment]
 _adverse: Table = AdverseEventRow.__table__  # type: ignore[assignment]
 _outcomes: Table = OutcomeMeasureRow.__table__  # type: ignore[assignment]
+_clinics: Table = ClinicRow.__table__  # type: ignore[assignment]
+_users: Table = UserRow.__table__  # type: ignore[assignment]
+_user_clinics: Table = UserClinicRow.__table__  # type: ignore[assignment]
+_logins: Table = LoginSessionRow.__table__  # type: ignore[assignment]
+_audit_log: Table = AuditRow.__table__  # type: ignore[assignment]
 
 # Fields of a mark that a change can touch, i.e. everything MarkInput carries.
 _MARK_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(model.MarkInput))
@@ -65,14 +106,103 @@ _MARK_SELECT = select(*_marks.c, _sessions.c.date.label("session_date")).join(
     _sessions, _sessions.c.id == _marks.c.session_id
 )
 _CHUNK = 10_000
+#: Failed sign-ins allowed per account and per address within :data:`SIGN_IN_WINDOW`.
+SIGN_IN_LIMIT = 10
+SIGN_IN_WINDOW = dt.timedelta(minutes=1)
+WRONG_SIGN_IN = "Wrong name or password."
+TOO_MANY_SIGN_INS = "Too many failed sign-ins: wait a minute, then try again."
 
-_I = TypeVar("_I")
+# What each kind of id is, how to reach its patient, and the words for it.
+_KINDS: dict[str, tuple[Table, str]] = {
+    "patient": (_patients, "patient"),
+    "episode": (_episodes, "episode"),
+    "session": (_sessions, "session"),
+    "mark": (_marks, "mark"),
+    "pressure_pain_threshold": (_ppts, "pressure pain threshold"),
+    "adverse_event": (_adverse, "adverse event"),
+    "outcome": (_outcomes, "outcome"),
+}
+
+
+def _owner_select(kind: str, ident: int) -> Any:
+    """SELECT patient_id, clinic_id of the record ``kind`` ``ident`` (one indexed join)."""
+    p, e, s = _patients, _episodes, _sessions
+    if kind == "patient":
+        return select(p.c.id, p.c.clinic_id).where(p.c.id == ident)
+    if kind in ("episode", "outcome"):
+        if kind == "episode":
+            base = select(p.c.id, p.c.clinic_id).select_from(e).where(e.c.id == ident)
+        else:
+            o = _outcomes
+            base = (
+                select(p.c.id, p.c.clinic_id)
+                .select_from(o)
+                .join(e, e.c.id == o.c.episode_id)
+                .where(o.c.id == ident)
+            )
+        return base.join(p, p.c.id == e.c.patient_id)
+    if kind == "session":
+        stmt = select(p.c.id, p.c.clinic_id).select_from(s).where(s.c.id == ident)
+    else:
+        child = _KINDS[kind][0]
+        stmt = (
+            select(p.c.id, p.c.clinic_id)
+            .select_from(child)
+            .join(s, s.c.id == child.c.session_id)
+            .where(child.c.id == ident)
+        )
+    return stmt.join(e, e.c.id == s.c.episode_id).join(p, p.c.id == e.c.patient_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Actor:
+    """Who is acting, and (for a signed-in principal) which clinics they may touch."""
+
+    name: str
+    clinics: frozenset[int] | None  # None: unscoped (command line, imports, scripts)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SignIn:
+    """A successful sign-in: the principal and the token for the browser's signed cookie."""
+
+    principal: Principal
+    token: str
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+def _printable(text: str, limit: int = 100) -> str:
+    """``text`` safe to store and print: control and invisible characters escaped."""
+    out = []
+    for char in text[: limit * 2]:
+        if char.isprintable() or char == " ":
+            out.append(char)
+        else:
+            out.append(f"\\u{ord(char):04x}")
+    return "".join(out)[:limit]
+
+
+def _row_values(row: Mapping[str, Any], skip: Sequence[str] = ("id",)) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in skip}
 
 
 def _user(user: str) -> str:
     if not isinstance(user, str) or not user.strip():
         raise ValidationError({"user": "Sign in first: every change records who made it"})
-    return user.strip()[:100]
+    return _printable(user.strip())
+
+
+def _ident(value: object, kind: str) -> int:
+    """An id from outside (a page, a file) as a positive int; anything else is not found."""
+    if type(value) is int and 0 < value < 2**63:
+        return value
+    try:
+        return _int_id(value, f"{kind}_id")
+    except ValidationError:
+        raise NotFoundError(f"No {_KINDS[kind][1]} with id {_printable(repr(value), 40)}") from None
 
 
 def _fields(
@@ -92,6 +222,9 @@ def _json(values: Mapping[str, Any] | None) -> str | None:
 
 def _muscle_words(row: Mapping[str, Any]) -> str:
     return f"{row['side']} {str(row['muscle']).replace('_', ' ')}"
+
+
+_I = TypeVar("_I")
 
 
 def _chunks(rows: Iterable[_I], size: int) -> Iterator[list[_I]]:
@@ -193,13 +326,29 @@ class Store:
         SQLAlchemy URL; default :func:`default_database_url`.
     migrate
         Apply the shipped migrations on open (idempotent).
+    secret
+        The server secret, which keys the audit trail's hash chain. By default it is found
+        (on the first change) as :func:`tpmap.auth.load_secret` finds it: ``TPMAP_SECRET``,
+        else the file in tpmap's data directory (generated there once).
     """
 
-    def __init__(self, url: str | URL | None = None, *, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        url: str | URL | None = None,
+        *,
+        migrate: bool = True,
+        secret: Secret | bytes | str | None = None,
+    ) -> None:
         self.url: URL = make_url(url if url is not None else default_database_url())
         self._engine: Engine = make_engine(self.url)
         # Same pool, but marked so that SQLite begins write transactions IMMEDIATE.
         self._writer: Engine = self._engine.execution_options(**{WRITE_OPTION: True})
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if isinstance(secret, bytes):
+            secret = Secret(secret, "given", explicit=True)
+        self._secret: Secret | None = secret
+        self._audit_key: bytes | None = None
         if migrate:
             _migrate.upgrade(self._writer)
 
@@ -233,6 +382,15 @@ class Store:
         with self._engine.connect() as conn:
             yield conn
 
+    def _key(self) -> bytes:
+        if self._audit_key is None:
+            secret = self._secret or auth.load_secret()
+            self._audit_key = secret.key("audit")
+        return self._audit_key
+
+    def _audit(self, conn: Connection, actor: str, action: str, entity: str, **kw: Any) -> None:
+        _audit.append(conn, self._key(), actor=actor, action=action, entity=entity, **kw)
+
     @staticmethod
     def _one(conn: Connection, stmt: Any, what: str, ident: int) -> RowMapping:
         row = conn.execute(stmt).mappings().first()
@@ -249,15 +407,99 @@ class Store:
     def _require(self, conn: Connection, table: Table, ident: int, what: str) -> RowMapping:
         return self._one(conn, select(table).where(table.c.id == ident), what, ident)
 
+    # -- who is acting, and what they may touch ---------------------------------------------
+
+    def _actor(self, conn: Connection, user: str | Principal) -> _Actor:
+        """The actor for ``user``; a principal is checked against the accounts in ``conn``."""
+        if not isinstance(user, Principal):
+            return _Actor(_user(user), None)
+        row = (
+            conn.execute(
+                select(_users.c.id, _users.c.name, _users.c.roles, _users.c.active).where(
+                    _users.c.name_key == user.name.lower()
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None or not row["active"]:
+            raise AccessDenied("This account is disabled or unknown: sign in again")
+        if user.login_id is not None:
+            ended = conn.execute(
+                select(_logins.c.ended_at).where(
+                    _logins.c.id == user.login_id, _logins.c.user_id == row["id"]
+                )
+            ).first()
+            if ended is None or ended[0] is not None:
+                raise AccessDenied("You were signed out: sign in again")
+        if auth.Role.CLINICIAN not in row["roles"].split(","):
+            raise AccessDenied("Only clinicians see and record patients")
+        clinics = conn.execute(
+            select(_user_clinics.c.clinic_id).where(_user_clinics.c.user_id == row["id"])
+        ).scalars()
+        return _Actor(row["name"], frozenset(clinics))
+
+    def _owner(
+        self, conn: Connection, actor: _Actor | None, kind: str, ident: int
+    ) -> tuple[int, int]:
+        """(patient_id, clinic_id) of a record; NotFoundError if absent or out of scope."""
+        row = conn.execute(_owner_select(kind, ident)).first()
+        if row is None or (
+            actor is not None and actor.clinics is not None and row[1] not in actor.clinics
+        ):
+            raise NotFoundError(f"No {_KINDS[kind][1]} with id {ident}")
+        return row[0], row[1]
+
+    def _scope(self, conn: Connection, scope: Principal | None) -> _Actor | None:
+        return None if scope is None else self._actor(conn, scope)
+
+    def _default_clinic(self, conn: Connection, actor: _Actor, clinic_id: object) -> int:
+        if clinic_id is not None:
+            try:
+                ident = _int_id(clinic_id, "clinic_id")
+            except ValidationError:
+                raise ValidationError({"clinic_id": "Choose one of your clinics"}) from None
+            if actor.clinics is not None and ident not in actor.clinics:
+                raise ValidationError({"clinic_id": "Choose one of your clinics"})
+            if conn.execute(select(_clinics.c.id).where(_clinics.c.id == ident)).first() is None:
+                raise ValidationError({"clinic_id": "No such clinic"})
+            return ident
+        if actor.clinics is not None:
+            if len(actor.clinics) == 1:
+                return next(iter(actor.clinics))
+            if not actor.clinics:
+                raise AccessDenied("Your account belongs to no clinic: ask an administrator")
+            raise ValidationError({"clinic_id": "Choose the clinic this patient belongs to"})
+        first = conn.execute(select(func.min(_clinics.c.id))).scalar()
+        if first is None:
+            raise ValidationError({"clinic_id": "Create a clinic first (tpmap clinic add)"})
+        return int(first)
+
+    def scoped(self, principal: Principal) -> ScopedStore:
+        """The clinical record as ``principal`` may see and change it (see :class:`ScopedStore`)."""
+        from tpmap.store._scoped import ScopedStore
+
+        return ScopedStore(self, principal)
+
     # -- patients ------------------------------------------------------------------------------
 
-    def create_patient(self, patient: model.PatientInput | Mapping[str, Any], user: str) -> Patient:
-        """Create a patient; the code must be new (compared case-insensitively)."""
+    def create_patient(
+        self,
+        patient: model.PatientInput | Mapping[str, Any],
+        user: str | Principal,
+        *,
+        clinic_id: int | None = None,
+    ) -> Patient:
+        """Create a patient in a clinic; the code must be new (compared case-insensitively).
+
+        Without ``clinic_id``: the principal's only clinic, or (unscoped) the first clinic.
+        """
         values = _fields(patient, model.validate_patient_fields)
-        who = _user(user)
         duplicate = {"code": f"Patient code {values['code']} is already in use"}
         try:
             with self._write() as conn:
+                actor = self._actor(conn, user)
+                clinic = self._default_clinic(conn, actor, clinic_id)
                 taken = conn.execute(
                     select(_patients.c.code).where(
                         func.lower(_patients.c.code) == values["code"].lower()
@@ -268,35 +510,56 @@ class Store:
                 row = (
                     conn.execute(
                         insert(_patients)
-                        .values(**values, created_at=utcnow(), created_by=who)
+                        .values(
+                            **values, clinic_id=clinic, created_at=utcnow(), created_by=actor.name
+                        )
                         .returning(*_patients.c)
                     )
                     .mappings()
                     .one()
+                )
+                self._audit(
+                    conn,
+                    actor.name,
+                    "create",
+                    "patient",
+                    entity_id=row["id"],
+                    patient_id=row["id"],
+                    clinic_id=clinic,
+                    after=_row_values(row),
                 )
         except IntegrityError:
             # Another writer took the code between our check and our insert (PostgreSQL).
             raise ValidationError(duplicate) from None
         return record_from_row(Patient, row)
 
-    def get_patient(self, patient_id: int) -> Patient:
+    def get_patient(self, patient_id: int, *, scope: Principal | None = None) -> Patient:
         """The patient with this id (NotFoundError if none)."""
+        patient_id = _ident(patient_id, "patient")
         with self._read() as conn:
+            self._owner(conn, self._scope(conn, scope), "patient", patient_id)
             return record_from_row(Patient, self._require(conn, _patients, patient_id, "patient"))
 
-    def patient_by_code(self, code: str) -> Patient | None:
+    def patient_by_code(self, code: str, *, scope: Principal | None = None) -> Patient | None:
         """The patient with this code (case-insensitive), or None."""
+        if not isinstance(code, str):
+            return None
         stmt = select(_patients).where(func.lower(_patients.c.code) == code.strip().lower())
         with self._read() as conn:
+            actor = self._scope(conn, scope)
+            if actor is not None:
+                stmt = stmt.where(_patients.c.clinic_id.in_(actor.clinics or ()))
             row = conn.execute(stmt).mappings().first()
         return None if row is None else record_from_row(Patient, row)
 
-    def find_patients(self, query: str = "", limit: int = 20) -> list[Patient]:
+    def find_patients(
+        self, query: str = "", limit: int = 20, *, scope: Principal | None = None
+    ) -> list[Patient]:
         """Patients whose code contains ``query`` (case-insensitive), prefix matches first.
 
         An empty query lists the most recently created patients.
         """
-        text = (query or "").strip().lower()
+        text = (query if isinstance(query, str) else "").strip().lower()[:64]
         limit = max(1, min(int(limit), 1000))
         code = func.lower(_patients.c.code)
         stmt = select(_patients).limit(limit)
@@ -307,96 +570,155 @@ class Store:
         else:
             stmt = stmt.order_by(_patients.c.created_at.desc(), _patients.c.id.desc())
         with self._read() as conn:
+            actor = self._scope(conn, scope)
+            if actor is not None:
+                stmt = stmt.where(_patients.c.clinic_id.in_(actor.clinics or ()))
             return [record_from_row(Patient, r) for r in conn.execute(stmt).mappings()]
 
     # -- episodes ------------------------------------------------------------------------------
 
     def create_episode(
-        self, patient_id: int, episode: model.EpisodeInput | Mapping[str, Any], user: str
+        self,
+        patient_id: int,
+        episode: model.EpisodeInput | Mapping[str, Any],
+        user: str | Principal,
     ) -> Episode:
         """Open an episode of care for a patient."""
+        patient_id = _ident(patient_id, "patient")
         values = _fields(episode, model.validate_episode_fields)
-        who = _user(user)
         with self._write() as conn:
-            self._require(conn, _patients, patient_id, "patient")
+            actor = self._actor(conn, user)
+            pid, cid = self._owner(conn, actor, "patient", patient_id)
             row = (
                 conn.execute(
                     insert(_episodes)
-                    .values(**values, patient_id=patient_id, created_at=utcnow(), created_by=who)
+                    .values(**values, patient_id=pid, created_at=utcnow(), created_by=actor.name)
                     .returning(*_episodes.c)
                 )
                 .mappings()
                 .one()
             )
+            self._audit(
+                conn,
+                actor.name,
+                "create",
+                "episode",
+                entity_id=row["id"],
+                patient_id=pid,
+                clinic_id=cid,
+                after=_row_values(row),
+            )
         return record_from_row(Episode, row)
 
-    def get_episode(self, episode_id: int) -> Episode:
+    def get_episode(self, episode_id: int, *, scope: Principal | None = None) -> Episode:
         """The episode with this id."""
+        episode_id = _ident(episode_id, "episode")
         with self._read() as conn:
+            self._owner(conn, self._scope(conn, scope), "episode", episode_id)
             return record_from_row(Episode, self._require(conn, _episodes, episode_id, "episode"))
 
-    def list_episodes(self, patient_id: int) -> list[Episode]:
+    def list_episodes(self, patient_id: int, *, scope: Principal | None = None) -> list[Episode]:
         """A patient's episodes, oldest first."""
+        patient_id = _ident(patient_id, "patient")
         stmt = (
             select(_episodes)
             .where(_episodes.c.patient_id == patient_id)
             .order_by(_episodes.c.start_date, _episodes.c.id)
         )
         with self._read() as conn:
+            if scope is not None:
+                self._owner(conn, self._scope(conn, scope), "patient", patient_id)
             return [record_from_row(Episode, r) for r in conn.execute(stmt).mappings()]
 
     # -- sessions ------------------------------------------------------------------------------
 
     def create_session(
-        self, episode_id: int, session: model.SessionInput | Mapping[str, Any], user: str
+        self,
+        episode_id: int,
+        session: model.SessionInput | Mapping[str, Any],
+        user: str | Principal,
     ) -> SessionRecord:
         """Record a treatment session in an episode."""
+        episode_id = _ident(episode_id, "episode")
         values = _fields(session, model.validate_session_fields)
-        who = _user(user)
         with self._write() as conn:
-            self._require(conn, _episodes, episode_id, "episode")
+            actor = self._actor(conn, user)
+            pid, cid = self._owner(conn, actor, "episode", episode_id)
             row = (
                 conn.execute(
                     insert(_sessions)
-                    .values(**values, episode_id=episode_id, created_at=utcnow(), created_by=who)
+                    .values(
+                        **values, episode_id=episode_id, created_at=utcnow(), created_by=actor.name
+                    )
                     .returning(*_sessions.c)
                 )
                 .mappings()
                 .one()
             )
+            self._audit(
+                conn,
+                actor.name,
+                "create",
+                "session",
+                entity_id=row["id"],
+                patient_id=pid,
+                clinic_id=cid,
+                after=_row_values(row),
+            )
         return record_from_row(SessionRecord, row)
 
     def update_session(
-        self, session_id: int, fields: Mapping[str, Any], user: str
+        self, session_id: int, fields: Mapping[str, Any], user: str | Principal
     ) -> SessionRecord:
         """Change some fields of a session (e.g. NPRS after treatment)."""
+        session_id = _ident(session_id, "session")
         changes = model.validate_session_fields(fields, partial=True)
-        who = _user(user)
         with self._write() as conn:
-            self._lock_session(conn, session_id)
-            if changes:
+            actor = self._actor(conn, user)
+            pid, cid = self._owner(conn, actor, "session", session_id)
+            current = self._lock_session(conn, session_id)
+            changed = {k: v for k, v in changes.items() if current[k] != v}
+            if changed:
                 conn.execute(
                     update(_sessions)
                     .where(_sessions.c.id == session_id)
-                    .values(**changes, updated_at=utcnow(), updated_by=who)
+                    .values(**changed, updated_at=utcnow(), updated_by=actor.name)
+                )
+                self._audit(
+                    conn,
+                    actor.name,
+                    "update",
+                    "session",
+                    entity_id=session_id,
+                    patient_id=pid,
+                    clinic_id=cid,
+                    before={k: current[k] for k in changed},
+                    after=changed,
                 )
             row = self._require(conn, _sessions, session_id, "session")
         return record_from_row(SessionRecord, row)
 
-    def get_session(self, session_id: int) -> SessionRecord:
+    def get_session(self, session_id: int, *, scope: Principal | None = None) -> SessionRecord:
         """The session with this id."""
+        session_id = _ident(session_id, "session")
         with self._read() as conn:
+            self._owner(conn, self._scope(conn, scope), "session", session_id)
             row = self._require(conn, _sessions, session_id, "session")
         return record_from_row(SessionRecord, row)
 
-    def list_sessions(self, episode_id: int) -> list[SessionRecord]:
+    def list_sessions(
+        self, episode_id: int, *, scope: Principal | None = None
+    ) -> list[SessionRecord]:
         """An episode's sessions, oldest first."""
+        episode_id = _ident(episode_id, "episode")
         stmt = (
             select(_sessions)
             .where(_sessions.c.episode_id == episode_id)
             .order_by(_sessions.c.date, _sessions.c.id)
         )
         with self._read() as conn:
+            if scope is not None:
+                self._owner(conn, self._scope(conn, scope), "episode", episode_id)
             return [record_from_row(SessionRecord, r) for r in conn.execute(stmt).mappings()]
 
     # -- marks ---------------------------------------------------------------------------------
@@ -412,6 +734,7 @@ class Store:
         before: Mapping[str, Any] | None,
         after: Mapping[str, Any] | None,
         who: str,
+        owner: tuple[int, int],
         undo_of: int | None = None,
     ) -> None:
         conn.execute(
@@ -426,29 +749,45 @@ class Store:
                 undo_of=undo_of,
             )
         )
+        self._audit(
+            conn,
+            who,
+            action if undo_of is None else f"undo {action}",
+            "mark",
+            entity_id=mark["id"],
+            patient_id=owner[0],
+            clinic_id=owner[1],
+            before=before,
+            after=after,
+        )
 
     def add_mark(
-        self, session_id: int, mark: model.MarkInput | Mapping[str, Any], user: str
+        self, session_id: int, mark: model.MarkInput | Mapping[str, Any], user: str | Principal
     ) -> Mark:
         """Store a needled point in a session; committed when this returns."""
+        session_id = _ident(session_id, "session")
         values = _fields(mark, model.validate_mark_fields)
-        who = _user(user)
         with self._write() as conn:
+            actor = self._actor(conn, user)
+            owner = self._owner(conn, actor, "session", session_id)
             self._lock_session(conn, session_id)
             mark_id = conn.execute(
                 insert(_marks)
-                .values(**values, session_id=session_id, created_at=utcnow(), created_by=who)
+                .values(**values, session_id=session_id, created_at=utcnow(), created_by=actor.name)
                 .returning(_marks.c.id)
             ).scalar_one()
             row = self._mark_row(conn, mark_id)
-            self._log(conn, row, "create", None, values, who)
+            self._log(conn, row, "create", None, values, actor.name, owner)
         return record_from_row(Mark, row)
 
-    def _locked_mark(self, conn: Connection, mark_id: int) -> RowMapping:
+    def _locked_mark(
+        self, conn: Connection, actor: _Actor, mark_id: int
+    ) -> tuple[RowMapping, tuple[int, int]]:
+        owner = self._owner(conn, actor, "mark", mark_id)
         session_id = self._mark_row(conn, mark_id)["session_id"]
         self._lock_session(conn, session_id)
         # Re-read under the lock: another writer may have changed it meanwhile.
-        return self._mark_row(conn, mark_id)
+        return self._mark_row(conn, mark_id), owner
 
     def _change_mark(
         self,
@@ -457,6 +796,7 @@ class Store:
         requested: Mapping[str, Any],
         action: str,
         who: str,
+        owner: tuple[int, int],
         undo_of: int | None = None,
     ) -> bool:
         """Validate the merged mark, write the changed fields and log them; True if changed."""
@@ -471,7 +811,7 @@ class Store:
             .values(**changed, updated_at=utcnow(), updated_by=who)
         )
         before = {k: current[k] for k in changed}
-        self._log(conn, current, action, before, changed, who, undo_of)
+        self._log(conn, current, action, before, changed, who, owner, undo_of)
         return True
 
     @staticmethod
@@ -479,27 +819,28 @@ class Store:
         if row["deleted_at"] is not None:
             raise ValidationError({"mark": "This mark was deleted: restore it before changing it"})
 
-    def update_mark(self, mark_id: int, fields: Mapping[str, Any], user: str) -> Mark:
+    def update_mark(self, mark_id: int, fields: Mapping[str, Any], user: str | Principal) -> Mark:
         """Change some fields of a mark (validated together with the rest of the mark).
 
         Setting ``muscle`` by hand marks the muscle as overridden, unless ``fields`` says
         otherwise. Use :meth:`move_mark` for a new position.
         """
+        mark_id = _ident(mark_id, "mark")
         unknown = [name for name in fields if name not in _MARK_FIELDS]
         if unknown:
             raise ValidationError({name: f"Unknown field: {name}" for name in unknown})
-        who = _user(user)
         # Check the fields on their own first so that messages name what the user typed.
         requested = model.validate_mark_fields(fields, partial=True)
         with self._write() as conn:
-            current = self._locked_mark(conn, mark_id)
+            actor = self._actor(conn, user)
+            current, owner = self._locked_mark(conn, actor, mark_id)
             self._not_deleted(current)
             if "muscle" in requested and "muscle_overridden" not in requested:
                 requested["muscle_overridden"] = requested["muscle"] != current["muscle"] or bool(
                     current["muscle_overridden"]
                 )
-            self._change_mark(conn, current, requested, "update", who)
-            row = self._mark_row(conn, mark_id)
+            self._change_mark(conn, current, requested, "update", actor.name, owner)
+            row = self._mark_row(conn, current["id"])
         return record_from_row(Mark, row)
 
     def move_mark(
@@ -510,11 +851,12 @@ class Store:
         muscle: str,
         side: str,
         layer: str,
-        user: str,
+        user: str | Principal,
         *,
         view: str | None = None,
     ) -> Mark:
         """Move a mark; the muscle comes from the atlas again (no longer overridden)."""
+        mark_id = _ident(mark_id, "mark")
         requested: dict[str, Any] = {
             "x": x,
             "y": y,
@@ -525,13 +867,13 @@ class Store:
         }
         if view is not None:
             requested["view"] = view
-        who = _user(user)
         model.validate_mark_fields(requested, partial=True)
         with self._write() as conn:
-            current = self._locked_mark(conn, mark_id)
+            actor = self._actor(conn, user)
+            current, owner = self._locked_mark(conn, actor, mark_id)
             self._not_deleted(current)
-            self._change_mark(conn, current, requested, "move", who)
-            row = self._mark_row(conn, mark_id)
+            self._change_mark(conn, current, requested, "move", actor.name, owner)
+            row = self._mark_row(conn, current["id"])
         return record_from_row(Mark, row)
 
     def _set_deleted(
@@ -540,6 +882,7 @@ class Store:
         current: Mapping[str, Any],
         deleted: bool,
         who: str,
+        owner: tuple[int, int],
         undo_of: int | None = None,
     ) -> bool:
         if (current["deleted_at"] is not None) == deleted:
@@ -555,26 +898,31 @@ class Store:
         conn.execute(update(_marks).where(_marks.c.id == current["id"]).values(**values))
         old = current["deleted_at"].isoformat() if current["deleted_at"] else None
         before, after = {"deleted_at": old}, {"deleted_at": now.isoformat() if deleted else None}
-        self._log(conn, current, "delete" if deleted else "restore", before, after, who, undo_of)
+        action = "delete" if deleted else "restore"
+        self._log(conn, current, action, before, after, who, owner, undo_of)
         return True
 
-    def delete_mark(self, mark_id: int, user: str) -> Mark:
+    def delete_mark(self, mark_id: int, user: str | Principal) -> Mark:
         """Hide a mark (soft deletion: it stays in the database and the change log)."""
-        who = _user(user)
+        mark_id = _ident(mark_id, "mark")
         with self._write() as conn:
-            self._set_deleted(conn, self._locked_mark(conn, mark_id), True, who)
-            row = self._mark_row(conn, mark_id)
+            actor = self._actor(conn, user)
+            current, owner = self._locked_mark(conn, actor, mark_id)
+            self._set_deleted(conn, current, True, actor.name, owner)
+            row = self._mark_row(conn, current["id"])
         return record_from_row(Mark, row)
 
-    def restore_mark(self, mark_id: int, user: str) -> Mark:
+    def restore_mark(self, mark_id: int, user: str | Principal) -> Mark:
         """Bring back a deleted mark (recorded as an update: ``updated_at``/``updated_by``)."""
-        who = _user(user)
+        mark_id = _ident(mark_id, "mark")
         with self._write() as conn:
-            self._set_deleted(conn, self._locked_mark(conn, mark_id), False, who)
-            row = self._mark_row(conn, mark_id)
+            actor = self._actor(conn, user)
+            current, owner = self._locked_mark(conn, actor, mark_id)
+            self._set_deleted(conn, current, False, actor.name, owner)
+            row = self._mark_row(conn, current["id"])
         return record_from_row(Mark, row)
 
-    def undo_last(self, session_id: int, user: str) -> str | None:
+    def undo_last(self, session_id: int, user: str | Principal) -> str | None:
         """Revert the latest change to this session's marks that is not yet undone.
 
         Undoing an addition deletes the mark, undoing a deletion restores it, undoing an edit or
@@ -585,36 +933,42 @@ class Store:
         str or None
             What was undone, for the page's status line; None when nothing is left to undo.
         """
-        who = _user(user)
+        session_id = _ident(session_id, "session")
         undo = aliased(_changes)
-        stmt = (
-            select(_changes)
-            .where(
-                _changes.c.session_id == session_id,
-                _changes.c.undo_of.is_(None),
-                ~exists().where(undo.c.undo_of == _changes.c.id),
-            )
-            .order_by(_changes.c.id.desc())
-            .limit(1)
-        )
         with self._write() as conn:
+            actor = self._actor(conn, user)
+            owner = self._owner(conn, actor, "session", session_id)
             self._lock_session(conn, session_id)
+            stmt = (
+                select(_changes)
+                .where(
+                    _changes.c.session_id == session_id,
+                    _changes.c.undo_of.is_(None),
+                    ~exists().where(undo.c.undo_of == _changes.c.id),
+                )
+                .order_by(_changes.c.id.desc())
+                .limit(1)
+            )
             change = conn.execute(stmt).mappings().first()
             if change is None:
                 return None
+            who = actor.name
             mark = self._mark_row(conn, change["mark_id"])
             action, words = change["action"], _muscle_words(mark)
             if action in ("create", "restore"):
-                self._set_deleted(conn, mark, True, who, undo_of=change["id"])
+                self._set_deleted(conn, mark, True, who, owner, undo_of=change["id"])
                 verb = "adding" if action == "create" else "restoring"
             elif action == "delete":
-                self._set_deleted(conn, mark, False, who, undo_of=change["id"])
+                self._set_deleted(conn, mark, False, who, owner, undo_of=change["id"])
                 verb = "deleting"
             else:
                 before = json.loads(change["before"] or "{}")
-                if not self._change_mark(conn, mark, before, action, who, undo_of=change["id"]):
+                changed = self._change_mark(
+                    conn, mark, before, action, who, owner, undo_of=change["id"]
+                )
+                if not changed:
                     # Nothing differs any more; still record the undo so the walk moves on.
-                    self._log(conn, mark, action, {}, {}, who, undo_of=change["id"])
+                    self._log(conn, mark, action, {}, {}, who, owner, undo_of=change["id"])
                 if action == "move":
                     verb = "moving"
                 else:
@@ -626,34 +980,51 @@ class Store:
                     verb = f"changing {names or 'the details'} of"
             return f"Undid {verb} the {words} mark"
 
-    def get_mark(self, mark_id: int) -> Mark:
+    def get_mark(self, mark_id: int, *, scope: Principal | None = None) -> Mark:
         """The mark with this id, deleted or not."""
+        mark_id = _ident(mark_id, "mark")
         with self._read() as conn:
+            self._owner(conn, self._scope(conn, scope), "mark", mark_id)
             return record_from_row(Mark, self._mark_row(conn, mark_id))
 
-    def session_marks(self, session_id: int, *, include_deleted: bool = False) -> list[Mark]:
+    def session_marks(
+        self,
+        session_id: int,
+        *,
+        include_deleted: bool = False,
+        scope: Principal | None = None,
+    ) -> list[Mark]:
         """The marks of one session in the order they were placed (deleted ones hidden)."""
+        session_id = _ident(session_id, "session")
         stmt = _MARK_SELECT.where(_marks.c.session_id == session_id).order_by(_marks.c.id)
         if not include_deleted:
             stmt = stmt.where(_marks.c.deleted_at.is_(None))
         with self._read() as conn:
+            if scope is not None:
+                self._owner(conn, self._scope(conn, scope), "session", session_id)
             return [record_from_row(Mark, r) for r in conn.execute(stmt).mappings()]
 
-    def episode_marks(self, episode_id: int) -> list[Mark]:
+    def episode_marks(self, episode_id: int, *, scope: Principal | None = None) -> list[Mark]:
         """All visible marks of an episode's sessions, oldest session first.
 
         Each mark carries ``session_date``, so the page can draw earlier sessions faded.
         """
+        episode_id = _ident(episode_id, "episode")
         stmt = _MARK_SELECT.where(
             _sessions.c.episode_id == episode_id, _marks.c.deleted_at.is_(None)
         ).order_by(_sessions.c.date, _sessions.c.id, _marks.c.id)
         with self._read() as conn:
+            if scope is not None:
+                self._owner(conn, self._scope(conn, scope), "episode", episode_id)
             return [record_from_row(Mark, r) for r in conn.execute(stmt).mappings()]
 
-    def mark_history(self, mark_id: int) -> list[MarkChange]:
+    def mark_history(self, mark_id: int, *, scope: Principal | None = None) -> list[MarkChange]:
         """The change log of one mark, oldest first."""
+        mark_id = _ident(mark_id, "mark")
         stmt = select(_changes).where(_changes.c.mark_id == mark_id).order_by(_changes.c.id)
         with self._read() as conn:
+            if scope is not None:
+                self._owner(conn, self._scope(conn, scope), "mark", mark_id)
             rows = conn.execute(stmt).mappings().all()
         return [
             record_from_row(
@@ -665,97 +1036,196 @@ class Store:
             for r in rows
         ]
 
-    # -- session readings: pressure pain thresholds and adverse events --------------------------
+    # -- session readings (pressure pain thresholds, adverse events) and outcomes ----------------
 
     def _add_child(
         self,
-        parent: Table,
+        parent_kind: str,
         parent_id: int,
-        parent_name: str,
-        table: Table,
+        kind: str,
         values: Mapping[str, Any],
+        user: str | Principal,
     ) -> RowMapping:
+        parent_id = _ident(parent_id, parent_kind)
+        table = _KINDS[kind][0]
         with self._write() as conn:
-            self._require(conn, parent, parent_id, parent_name)
+            actor = self._actor(conn, user)
+            pid, cid = self._owner(conn, actor, parent_kind, parent_id)
             stmt = (
                 insert(table)
-                .values(**values, **{f"{parent_name}_id": parent_id})
+                .values(**values, **{f"{parent_kind}_id": parent_id})
                 .returning(*table.c)
             )
-            return conn.execute(stmt).mappings().one()
+            row = conn.execute(stmt).mappings().one()
+            self._audit(
+                conn,
+                actor.name,
+                "create",
+                kind,
+                entity_id=row["id"],
+                patient_id=pid,
+                clinic_id=cid,
+                after=_row_values(row, ("id", "deleted_at", "deleted_by")),
+            )
+            return row
 
-    def _list_children(self, table: Table, column: str, parent_id: int) -> list[RowMapping]:
-        stmt = select(table).where(table.c[column] == parent_id).order_by(table.c.id)
+    def _list_children(
+        self,
+        parent_kind: str,
+        parent_id: int,
+        kind: str,
+        scope: Principal | None,
+        include_deleted: bool,
+        order: Sequence[str] = ("id",),
+    ) -> list[RowMapping]:
+        parent_id = _ident(parent_id, parent_kind)
+        table = _KINDS[kind][0]
+        stmt = (
+            select(table)
+            .where(table.c[f"{parent_kind}_id"] == parent_id)
+            .order_by(*(table.c[c] for c in order))
+        )
+        if not include_deleted:
+            stmt = stmt.where(table.c.deleted_at.is_(None))
         with self._read() as conn:
+            if scope is not None:
+                self._owner(conn, self._scope(conn, scope), parent_kind, parent_id)
             return list(conn.execute(stmt).mappings().all())
 
-    def _delete_row(self, table: Table, ident: int, what: str, user: str) -> None:
-        _user(user)
+    def _set_child_deleted(
+        self, kind: str, ident: int, deleted: bool, user: str | Principal
+    ) -> RowMapping:
+        ident = _ident(ident, kind)
+        table, what = _KINDS[kind]
         with self._write() as conn:
-            if conn.execute(delete(table).where(table.c.id == ident)).rowcount == 0:
+            actor = self._actor(conn, user)
+            pid, cid = self._owner(conn, actor, kind, ident)
+            current = self._require(conn, table, ident, what)
+            if deleted and current["deleted_at"] is not None:
                 raise NotFoundError(f"No {what} with id {ident}")
+            if deleted or current["deleted_at"] is not None:
+                now = utcnow()
+                values = (
+                    {"deleted_at": now, "deleted_by": actor.name}
+                    if deleted
+                    else {"deleted_at": None, "deleted_by": None}
+                )
+                conn.execute(update(table).where(table.c.id == ident).values(**values))
+                self._audit(
+                    conn,
+                    actor.name,
+                    "delete" if deleted else "restore",
+                    kind,
+                    entity_id=ident,
+                    patient_id=pid,
+                    clinic_id=cid,
+                    before={"deleted_at": current["deleted_at"]},
+                    after={"deleted_at": values["deleted_at"]},
+                )
+            return self._require(conn, table, ident, what)
 
     def add_pressure_pain_threshold(
         self,
         session_id: int,
         reading: model.PressurePainThresholdInput | Mapping[str, Any],
-        user: str,
+        user: str | Principal,
     ) -> PressurePainThreshold:
         """Record a pressure pain threshold (kg/cm2) taken in a session."""
         values = _fields(reading, model.validate_ppt_fields)
-        _user(user)
-        row = self._add_child(_sessions, session_id, "session", _ppts, values)
+        row = self._add_child("session", session_id, "pressure_pain_threshold", values, user)
         return record_from_row(PressurePainThreshold, row)
 
-    def list_pressure_pain_thresholds(self, session_id: int) -> list[PressurePainThreshold]:
-        """A session's pressure pain thresholds in the order recorded."""
-        rows = self._list_children(_ppts, "session_id", session_id)
+    def list_pressure_pain_thresholds(
+        self,
+        session_id: int,
+        *,
+        include_deleted: bool = False,
+        scope: Principal | None = None,
+    ) -> list[PressurePainThreshold]:
+        """A session's pressure pain thresholds in the order recorded (deleted ones hidden)."""
+        rows = self._list_children(
+            "session", session_id, "pressure_pain_threshold", scope, include_deleted
+        )
         return [record_from_row(PressurePainThreshold, r) for r in rows]
 
-    def delete_pressure_pain_threshold(self, reading_id: int, user: str) -> None:
-        """Remove a pressure pain threshold reading entered by mistake."""
-        self._delete_row(_ppts, reading_id, "pressure pain threshold", user)
+    def delete_pressure_pain_threshold(
+        self, reading_id: int, user: str | Principal
+    ) -> PressurePainThreshold:
+        """Remove a reading entered by mistake (soft deletion: :meth:`restore_...` undoes it)."""
+        row = self._set_child_deleted("pressure_pain_threshold", reading_id, True, user)
+        return record_from_row(PressurePainThreshold, row)
+
+    def restore_pressure_pain_threshold(
+        self, reading_id: int, user: str | Principal
+    ) -> PressurePainThreshold:
+        """Bring back a deleted pressure pain threshold reading."""
+        row = self._set_child_deleted("pressure_pain_threshold", reading_id, False, user)
+        return record_from_row(PressurePainThreshold, row)
 
     def add_adverse_event(
-        self, session_id: int, event: model.AdverseEventInput | Mapping[str, Any], user: str
+        self,
+        session_id: int,
+        event: model.AdverseEventInput | Mapping[str, Any],
+        user: str | Principal,
     ) -> AdverseEvent:
         """Record an adverse event for a session."""
         values = _fields(event, model.validate_adverse_event_fields)
-        _user(user)
-        return record_from_row(
-            AdverseEvent, self._add_child(_sessions, session_id, "session", _adverse, values)
-        )
+        row = self._add_child("session", session_id, "adverse_event", values, user)
+        return record_from_row(AdverseEvent, row)
 
-    def list_adverse_events(self, session_id: int) -> list[AdverseEvent]:
-        """A session's adverse events."""
-        rows = self._list_children(_adverse, "session_id", session_id)
+    def list_adverse_events(
+        self,
+        session_id: int,
+        *,
+        include_deleted: bool = False,
+        scope: Principal | None = None,
+    ) -> list[AdverseEvent]:
+        """A session's adverse events (deleted ones hidden)."""
+        rows = self._list_children("session", session_id, "adverse_event", scope, include_deleted)
         return [record_from_row(AdverseEvent, r) for r in rows]
 
-    def delete_adverse_event(self, event_id: int, user: str) -> None:
-        """Remove an adverse event entered by mistake."""
-        self._delete_row(_adverse, event_id, "adverse event", user)
+    def delete_adverse_event(self, event_id: int, user: str | Principal) -> AdverseEvent:
+        """Remove an adverse event entered by mistake (soft deletion)."""
+        row = self._set_child_deleted("adverse_event", event_id, True, user)
+        return record_from_row(AdverseEvent, row)
 
-    # -- outcomes ------------------------------------------------------------------------------
+    def restore_adverse_event(self, event_id: int, user: str | Principal) -> AdverseEvent:
+        """Bring back a deleted adverse event."""
+        row = self._set_child_deleted("adverse_event", event_id, False, user)
+        return record_from_row(AdverseEvent, row)
 
     def add_outcome(
-        self, episode_id: int, outcome: model.OutcomeInput | Mapping[str, Any], user: str
+        self,
+        episode_id: int,
+        outcome: model.OutcomeInput | Mapping[str, Any],
+        user: str | Principal,
     ) -> Outcome:
         """Record an outcome instrument score for an episode."""
         values = _fields(outcome, model.validate_outcome_fields)
-        _user(user)
-        return record_from_row(
-            Outcome, self._add_child(_episodes, episode_id, "episode", _outcomes, values)
-        )
+        row = self._add_child("episode", episode_id, "outcome", values, user)
+        return record_from_row(Outcome, row)
 
-    def list_outcomes(self, episode_id: int) -> list[Outcome]:
-        """An episode's outcome scores by date."""
-        stmt = (
-            select(_outcomes)
-            .where(_outcomes.c.episode_id == episode_id)
-            .order_by(_outcomes.c.date, _outcomes.c.id)
+    def list_outcomes(
+        self,
+        episode_id: int,
+        *,
+        include_deleted: bool = False,
+        scope: Principal | None = None,
+    ) -> list[Outcome]:
+        """An episode's outcome scores by date (deleted ones hidden)."""
+        rows = self._list_children(
+            "episode", episode_id, "outcome", scope, include_deleted, order=("date", "id")
         )
-        with self._read() as conn:
-            return [record_from_row(Outcome, r) for r in conn.execute(stmt).mappings()]
+        return [record_from_row(Outcome, r) for r in rows]
+
+    def delete_outcome(self, outcome_id: int, user: str | Principal) -> Outcome:
+        """Remove an outcome score entered by mistake (soft deletion)."""
+        return record_from_row(Outcome, self._set_child_deleted("outcome", outcome_id, True, user))
+
+    def restore_outcome(self, outcome_id: int, user: str | Principal) -> Outcome:
+        """Bring back a deleted outcome score."""
+        row = self._set_child_deleted("outcome", outcome_id, False, user)
+        return record_from_row(Outcome, row)
 
     # -- bulk ----------------------------------------------------------------------------------
 
@@ -769,16 +1239,20 @@ class Store:
         stamp: Mapping[str, Any],
         returning: bool,
         chunk_size: int,
+        user: str,
+        passthrough: tuple[str, ...] = (),
     ) -> list[int] | int:
         """Insert many rows in one transaction with executemany, in chunks.
 
         Rows are validated chunk by chunk; a bad row rolls back everything, so an import
-        either lands whole or not at all. The error names the row (0-based).
+        either lands whole or not at all. The error names the row (0-based). One audit row
+        records the import (how many rows, into which table), not one per row.
         """
-        passthrough = ("created_at", "created_by") if "created_at" in stamp else ()
+        if "created_at" in stamp:
+            passthrough = (*passthrough, "created_at", "created_by")
         try:
             return self._bulk_rows(
-                table, rows, validator, parent, passthrough, stamp, returning, chunk_size
+                table, rows, validator, parent, passthrough, stamp, returning, chunk_size, user
             )
         except IntegrityError as exc:
             raise ValidationError(
@@ -795,6 +1269,7 @@ class Store:
         stamp: Mapping[str, Any],
         returning: bool,
         chunk_size: int,
+        user: str,
     ) -> list[int] | int:
         ids: list[int] = []
         count = 0
@@ -823,13 +1298,28 @@ class Store:
                 else:
                     _executemany(conn, table, cleaned, stamp)
                 count += len(cleaned)
+            if count:
+                after: dict[str, Any] = {"rows": count}
+                if ids:
+                    after |= {"first_id": min(ids), "last_id": max(ids)}
+                self._audit(conn, user, "import", table.name, after=after)
         return ids if returning else count
 
     def bulk_insert_patients(
-        self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        user: str = "import",
+        clinic_id: int | None = None,
     ) -> list[int]:
-        """Insert patients (code, sex, birth_year); returns their ids in input order."""
-        stamp = {"created_at": utcnow(), "created_by": _user(user)}
+        """Insert patients (code, sex, birth_year; optionally ``clinic_id``); returns their ids.
+
+        Rows without ``clinic_id`` go into ``clinic_id``, by default the first clinic.
+        """
+        who = _user(user)
+        with self._read() as conn:
+            default = self._default_clinic(conn, _Actor(who, None), clinic_id)
+        stamp = {"created_at": utcnow(), "created_by": who, "clinic_id": default}
         result = self._bulk(
             _patients,
             rows,
@@ -838,6 +1328,8 @@ class Store:
             stamp=stamp,
             returning=True,
             chunk_size=_CHUNK,
+            user=who,
+            passthrough=("clinic_id",),
         )
         return result  # type: ignore[return-value]
 
@@ -854,6 +1346,7 @@ class Store:
             stamp=stamp,
             returning=True,
             chunk_size=_CHUNK,
+            user=_user(user),
         )
         return result  # type: ignore[return-value]
 
@@ -870,6 +1363,7 @@ class Store:
             stamp=stamp,
             returning=True,
             chunk_size=_CHUNK,
+            user=_user(user),
         )
         return result  # type: ignore[return-value]
 
@@ -898,10 +1392,13 @@ class Store:
             stamp=stamp,
             returning=False,
             chunk_size=chunk_size,
+            user=_user(user),
         )
         return result  # type: ignore[return-value]
 
-    def bulk_insert_outcomes(self, rows: Iterable[Mapping[str, Any]]) -> int:
+    def bulk_insert_outcomes(
+        self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
+    ) -> int:
         """Insert outcome scores (rows carry ``episode_id``); returns how many."""
         result = self._bulk(
             _outcomes,
@@ -911,10 +1408,13 @@ class Store:
             stamp={},
             returning=False,
             chunk_size=_CHUNK,
+            user=_user(user),
         )
         return result  # type: ignore[return-value]
 
-    def bulk_insert_pressure_pain_thresholds(self, rows: Iterable[Mapping[str, Any]]) -> int:
+    def bulk_insert_pressure_pain_thresholds(
+        self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
+    ) -> int:
         """Insert pressure pain thresholds (rows carry ``session_id``); returns how many."""
         result = self._bulk(
             _ppts,
@@ -924,10 +1424,13 @@ class Store:
             stamp={},
             returning=False,
             chunk_size=_CHUNK,
+            user=_user(user),
         )
         return result  # type: ignore[return-value]
 
-    def bulk_insert_adverse_events(self, rows: Iterable[Mapping[str, Any]]) -> int:
+    def bulk_insert_adverse_events(
+        self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
+    ) -> int:
         """Insert adverse events (rows carry ``session_id``); returns how many."""
         result = self._bulk(
             _adverse,
@@ -937,30 +1440,516 @@ class Store:
             stamp={},
             returning=False,
             chunk_size=_CHUNK,
+            user=_user(user),
         )
         return result  # type: ignore[return-value]
 
     def counts(self) -> dict[str, int]:
-        """Row counts per table (marks: not deleted), for status lines and tests."""
+        """Row counts per table (not counting deleted rows), for status lines and tests."""
         tables = {
-            "patients": _patients,
-            "episodes": _episodes,
-            "sessions": _sessions,
-            "pressure_pain_thresholds": _ppts,
-            "adverse_events": _adverse,
-            "outcome_measures": _outcomes,
+            "patients": (_patients, None),
+            "episodes": (_episodes, None),
+            "sessions": (_sessions, None),
+            "pressure_pain_thresholds": (_ppts, _ppts.c.deleted_at),
+            "adverse_events": (_adverse, _adverse.c.deleted_at),
+            "outcome_measures": (_outcomes, _outcomes.c.deleted_at),
+            "marks": (_marks, _marks.c.deleted_at),
         }
+        result = {}
         with self._read() as conn:
-            result = {
-                name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for name, t in tables.items()
-            }
-            result["marks"] = conn.execute(
-                select(func.count()).select_from(_marks).where(_marks.c.deleted_at.is_(None))
-            ).scalar_one()
+            for name, (table, deleted) in tables.items():
+                stmt = select(func.count()).select_from(table)
+                if deleted is not None:
+                    stmt = stmt.where(deleted.is_(None))
+                result[name] = conn.execute(stmt).scalar_one()
         return result
 
+    # -- clinics and accounts ------------------------------------------------------------------
 
-def open_store(url: str | URL | None = None) -> Store:
+    def add_clinic(self, name: str, *, user: str | Principal) -> Clinic:
+        """Create a clinic (names are unique)."""
+        clean = auth.validate_clinic_name(name)
+        try:
+            with self._write() as conn:
+                who = self._admin(conn, user)
+                if conn.execute(
+                    select(_clinics.c.id).where(func.lower(_clinics.c.name) == clean.lower())
+                ).first():
+                    raise ValidationError({"name": f"A clinic named {clean} already exists"})
+                row = (
+                    conn.execute(
+                        insert(_clinics)
+                        .values(name=clean, created_at=utcnow(), created_by=who)
+                        .returning(*_clinics.c)
+                    )
+                    .mappings()
+                    .one()
+                )
+                self._audit(
+                    conn,
+                    who,
+                    "create",
+                    "clinic",
+                    entity_id=row["id"],
+                    clinic_id=row["id"],
+                    target=clean,
+                    after={"name": clean},
+                )
+        except IntegrityError:
+            raise ValidationError({"name": f"A clinic named {clean} already exists"}) from None
+        return record_from_row(Clinic, row)
+
+    def list_clinics(self) -> list[Clinic]:
+        """All clinics, by name."""
+        with self._read() as conn:
+            rows = conn.execute(select(_clinics).order_by(_clinics.c.name)).mappings()
+            return [record_from_row(Clinic, r) for r in rows]
+
+    def _admin(self, conn: Connection, user: str | Principal) -> str:
+        """The name of who manages accounts: a command-line user, or an active admin."""
+        if not isinstance(user, Principal):
+            return _user(user)
+        row = conn.execute(
+            select(_users.c.name, _users.c.roles, _users.c.active).where(
+                _users.c.name_key == user.name.lower()
+            )
+        ).first()
+        if row is None or not row.active or auth.Role.ADMIN not in row.roles.split(","):
+            raise AccessDenied("Only administrators manage accounts and clinics")
+        return str(row.name)
+
+    def _clinic_ids(self, conn: Connection, clinics: Iterable[int | str]) -> list[int]:
+        ids = []
+        for clinic in clinics:
+            column = _clinics.c.id if isinstance(clinic, int) else func.lower(_clinics.c.name)
+            key = clinic if isinstance(clinic, int) else str(clinic).strip().lower()
+            found = conn.execute(select(_clinics.c.id).where(column == key)).scalar()
+            if found is None:
+                raise ValidationError(
+                    {"clinic": f"No clinic named {_printable(str(clinic))}: tpmap clinic add"}
+                )
+            ids.append(int(found))
+        return sorted(set(ids))
+
+    def add_user(
+        self,
+        name: str,
+        password: str,
+        *,
+        roles: Iterable[str],
+        clinics: Iterable[int | str] = (),
+        user: str | Principal,
+    ) -> UserAccount:
+        """Create an account. Clinicians need at least one clinic (by id or name)."""
+        clean = auth.validate_user_name(name)
+        role_set = auth.validate_roles(roles)
+        hashed = auth.hash_password(password)
+        try:
+            with self._write() as conn:
+                who = self._admin(conn, user)
+                clinic_ids = self._clinic_ids(conn, clinics)
+                if auth.Role.CLINICIAN in role_set and not clinic_ids:
+                    raise ValidationError(
+                        {"clinic": "A clinician belongs to at least one clinic: give --clinic"}
+                    )
+                if conn.execute(
+                    select(_users.c.id).where(_users.c.name_key == clean.lower())
+                ).first():
+                    raise ValidationError({"name": f"An account named {clean} already exists"})
+                user_id = conn.execute(
+                    insert(_users)
+                    .values(
+                        name=clean,
+                        name_key=clean.lower(),
+                        password_hash=hashed,
+                        roles=",".join(sorted(role_set)),
+                        active=True,
+                        created_at=utcnow(),
+                        created_by=who,
+                    )
+                    .returning(_users.c.id)
+                ).scalar_one()
+                if clinic_ids:
+                    conn.execute(
+                        insert(_user_clinics),
+                        [{"user_id": user_id, "clinic_id": c} for c in clinic_ids],
+                    )
+                self._audit(
+                    conn,
+                    who,
+                    "create",
+                    "user",
+                    entity_id=user_id,
+                    target=clean,
+                    after={"name": clean, "roles": sorted(role_set), "clinics": clinic_ids},
+                )
+        except IntegrityError:
+            raise ValidationError({"name": f"An account named {clean} already exists"}) from None
+        return self.get_user(clean)
+
+    def _user_row(self, conn: Connection, name: object) -> RowMapping:
+        key = name.strip().lower() if isinstance(name, str) else ""
+        row = conn.execute(select(_users).where(_users.c.name_key == key)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"No account named {_printable(str(name))}")
+        return row
+
+    def _account(self, conn: Connection, row: Mapping[str, Any]) -> UserAccount:
+        clinics = conn.execute(
+            select(_clinics.c.id, _clinics.c.name)
+            .join(_user_clinics, _user_clinics.c.clinic_id == _clinics.c.id)
+            .where(_user_clinics.c.user_id == row["id"])
+            .order_by(_clinics.c.name)
+        ).all()
+        return UserAccount(
+            id=row["id"],
+            name=row["name"],
+            roles=tuple(r for r in row["roles"].split(",") if r),
+            clinics=tuple(c.name for c in clinics),
+            clinic_ids=tuple(c.id for c in clinics),
+            active=bool(row["active"]),
+            created_at=row["created_at"],
+            created_by=row["created_by"],
+        )
+
+    def get_user(self, name: str) -> UserAccount:
+        """The account named ``name`` (case-insensitive); NotFoundError if none."""
+        with self._read() as conn:
+            return self._account(conn, self._user_row(conn, name))
+
+    def list_users(self) -> list[UserAccount]:
+        """All accounts, by name."""
+        with self._read() as conn:
+            rows = conn.execute(select(_users).order_by(_users.c.name_key)).mappings().all()
+            return [self._account(conn, r) for r in rows]
+
+    def set_user_active(self, name: str, active: bool, *, user: str | Principal) -> UserAccount:
+        """Disable (or enable again) an account; a disabled one is signed out everywhere."""
+        with self._write() as conn:
+            who = self._admin(conn, user)
+            row = self._user_row(conn, name)
+            if bool(row["active"]) != bool(active):
+                now = utcnow()
+                conn.execute(
+                    update(_users)
+                    .where(_users.c.id == row["id"])
+                    .values(active=bool(active), updated_at=now, updated_by=who)
+                )
+                if not active:
+                    conn.execute(
+                        update(_logins)
+                        .where(_logins.c.user_id == row["id"], _logins.c.ended_at.is_(None))
+                        .values(ended_at=now)
+                    )
+                self._audit(
+                    conn,
+                    who,
+                    "enable" if active else "disable",
+                    "user",
+                    entity_id=row["id"],
+                    target=row["name"],
+                    before={"active": bool(row["active"])},
+                    after={"active": bool(active)},
+                )
+            return self._account(conn, self._user_row(conn, name))
+
+    def set_password(self, name: str, password: str, *, user: str | Principal) -> None:
+        """Give an account a new password (argon2id); its open sign-ins end."""
+        hashed = auth.hash_password(password)
+        with self._write() as conn:
+            who = self._admin(conn, user)
+            row = self._user_row(conn, name)
+            now = utcnow()
+            conn.execute(
+                update(_users)
+                .where(_users.c.id == row["id"])
+                .values(password_hash=hashed, updated_at=now, updated_by=who)
+            )
+            conn.execute(
+                update(_logins)
+                .where(_logins.c.user_id == row["id"], _logins.c.ended_at.is_(None))
+                .values(ended_at=now)
+            )
+            self._audit(
+                conn,
+                who,
+                "password",
+                "user",
+                entity_id=row["id"],
+                target=row["name"],
+                after={"password": "changed"},
+            )
+
+    # -- signing in ----------------------------------------------------------------------------
+
+    def _failures(self, conn: Connection, name_key: str, address: str | None) -> tuple[int, int]:
+        since = utcnow() - SIGN_IN_WINDOW
+        recent = and_(_audit_log.c.action == "sign_in_failed", _audit_log.c.at >= since)
+        per_name = conn.execute(
+            select(func.count()).where(recent, _audit_log.c.target == name_key)
+        ).scalar_one()
+        per_address = 0
+        if address:
+            per_address = conn.execute(
+                select(func.count()).where(recent, _audit_log.c.address == address)
+            ).scalar_one()
+        return int(per_name), int(per_address)
+
+    def sign_in(self, name: object, password: object, *, address: str | None = None) -> SignIn:
+        """Check a name and password: one argon2 verification, and the sign-in is recorded.
+
+        Raises
+        ------
+        SignInError
+            With the same message for a wrong name and a wrong password (and a disabled
+            account), or, after :data:`SIGN_IN_LIMIT` failures within a minute for this name
+            or this address, a request to wait, without checking the password at all.
+        """
+        typed = name if isinstance(name, str) else ""
+        name_key = _printable(typed.strip().lower(), 64)
+        address = None if address is None else _printable(address, 64)
+        with self._read() as conn:
+            per_name, per_address = self._failures(conn, name_key, address)
+            row = (
+                conn.execute(select(_users).where(_users.c.name_key == name_key)).mappings().first()
+            )
+        if per_name >= SIGN_IN_LIMIT or per_address >= SIGN_IN_LIMIT:
+            auth_log.warning(
+                "sign-in refused for %r from %s: %d failures for the name, %d from the address "
+                "in the last minute",
+                name_key,
+                address,
+                per_name,
+                per_address,
+            )
+            raise SignInError(TOO_MANY_SIGN_INS, throttled=True)
+        hashed = row["password_hash"] if row is not None else auth.dummy_hash()
+        ok = auth.verify_password(hashed, password if isinstance(password, str) else "")
+        ok = ok and row is not None and bool(row["active"])
+        if not ok:
+            with self._write() as conn:
+                self._audit(
+                    conn,
+                    name_key or "(no name)",
+                    "sign_in_failed",
+                    "login",
+                    target=name_key,
+                    address=address,
+                )
+            auth_log.warning("failed sign-in for %r from %s", name_key, address)
+            raise SignInError(WRONG_SIGN_IN)
+        assert row is not None
+        token = secrets.token_urlsafe(32)
+        now = utcnow()
+        with self._write() as conn:
+            if auth.needs_rehash(hashed) and isinstance(password, str):
+                conn.execute(
+                    update(_users)
+                    .where(_users.c.id == row["id"])
+                    .values(password_hash=auth.hash_password(password))
+                )
+            login_id = conn.execute(
+                insert(_logins)
+                .values(
+                    user_id=row["id"],
+                    token_hash=_token_hash(token),
+                    created_at=now,
+                    last_seen_at=now,
+                    address=address,
+                )
+                .returning(_logins.c.id)
+            ).scalar_one()
+            self._audit(
+                conn,
+                row["name"],
+                "sign_in",
+                "login",
+                entity_id=login_id,
+                target=name_key,
+                address=address,
+            )
+            principal = self._principal(conn, row, login_id)
+        auth_log.info("%s signed in from %s", row["name"], address)
+        return SignIn(principal, token)
+
+    def _principal(
+        self, conn: Connection, row: Mapping[str, Any], login_id: int | None
+    ) -> Principal:
+        clinics = conn.execute(
+            select(_user_clinics.c.clinic_id).where(_user_clinics.c.user_id == row["id"])
+        ).scalars()
+        return Principal(
+            name=row["name"],
+            roles=frozenset(r for r in row["roles"].split(",") if r),
+            clinic_ids=frozenset(clinics),
+            active=bool(row["active"]),
+            login_id=login_id,
+        )
+
+    def principal(self, name: str) -> Principal | None:
+        """The account ``name`` as a principal (not tied to a sign-in), or None."""
+        with self._read() as conn:
+            try:
+                row = self._user_row(conn, name)
+            except NotFoundError:
+                return None
+            return self._principal(conn, row, None)
+
+    def check_login(
+        self,
+        *,
+        token: str | None = None,
+        login_id: int | None = None,
+        idle: dt.timedelta,
+        touch_after: dt.timedelta = dt.timedelta(minutes=1),
+    ) -> Principal | None:
+        """The principal of an open sign-in (by cookie token or id), or None.
+
+        None when the sign-in is unknown, ended (signed out, password changed), idle longer
+        than ``idle``, or its account is disabled. A sign-in in use is marked seen (at most
+        once per ``touch_after``, so that every websocket message does not write).
+        """
+        if token is not None:
+            where = _logins.c.token_hash == _token_hash(token)
+        elif login_id is not None:
+            where = _logins.c.id == login_id
+        else:
+            return None
+        stmt = (
+            select(
+                _logins.c.id.label("login_id"), _logins.c.last_seen_at, _logins.c.ended_at, _users
+            )
+            .join(_users, _users.c.id == _logins.c.user_id)
+            .where(where)
+        )
+        now = utcnow()
+        with self._read() as conn:
+            row = conn.execute(stmt).mappings().first()
+            if row is None or row["ended_at"] is not None or not row["active"]:
+                return None
+            if now - row["last_seen_at"] > idle:
+                return None
+            principal = self._principal(conn, row, row["login_id"])
+        if now - row["last_seen_at"] > touch_after:
+            with self._write() as conn:
+                conn.execute(
+                    update(_logins)
+                    .where(_logins.c.id == row["login_id"], _logins.c.ended_at.is_(None))
+                    .values(last_seen_at=now)
+                )
+        return principal
+
+    def sign_out(self, token: str, *, address: str | None = None) -> None:
+        """End the sign-in holding ``token`` (no-op when it already ended)."""
+        with self._write() as conn:
+            row = (
+                conn.execute(
+                    select(_logins.c.id, _logins.c.ended_at, _users.c.name)
+                    .join(_users, _users.c.id == _logins.c.user_id)
+                    .where(_logins.c.token_hash == _token_hash(token))
+                )
+                .mappings()
+                .first()
+            )
+            if row is None or row["ended_at"] is not None:
+                return
+            conn.execute(update(_logins).where(_logins.c.id == row["id"]).values(ended_at=utcnow()))
+            self._audit(
+                conn,
+                row["name"],
+                "sign_out",
+                "login",
+                entity_id=row["id"],
+                target=row["name"].lower(),
+                address=None if address is None else _printable(address, 64),
+            )
+
+    # -- the audit trail -----------------------------------------------------------------------
+
+    def record_export(self, user: str | Principal, record: Mapping[str, Any]) -> None:
+        """Write a research export (what was exported, with which filters) to the audit trail.
+
+        ``record`` is a JSON-able mapping, e.g. ``{"kind": "marks.csv", "rows": 1234,
+        "filters": {...}}``; it is stored as the entry's ``after``.
+        """
+        who = user.name if isinstance(user, Principal) else _user(user)
+        if isinstance(user, Principal):
+            with self._read() as conn:
+                row = conn.execute(
+                    select(_users.c.active).where(_users.c.name_key == who.lower())
+                ).first()
+            if row is None or not row.active:
+                raise AccessDenied("This account is disabled or unknown: sign in again")
+        values = dict(record)
+        kind = values.get("kind")
+        with self._write() as conn:
+            self._audit(
+                conn,
+                who,
+                "export",
+                "research",
+                target=_printable(str(kind), 100) if kind is not None else None,
+                after=values,
+            )
+
+    def audit_entries(
+        self,
+        *,
+        user: str | None = None,
+        patient: str | int | None = None,
+        action: str | None = None,
+        date_from: dt.date | dt.datetime | None = None,
+        date_to: dt.date | dt.datetime | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """The audit trail, oldest first, filtered by actor, patient (code or id), action, dates.
+
+        ``date_to`` is inclusive (a date means up to the end of that day, UTC).
+        """
+        stmt = select(_audit_log).order_by(_audit_log.c.seq)
+        if user:
+            stmt = stmt.where(func.lower(_audit_log.c.actor) == user.strip().lower())
+        if action:
+            stmt = stmt.where(_audit_log.c.action == action)
+        if date_from is not None:
+            stmt = stmt.where(_audit_log.c.at >= _start_of(date_from))
+        if date_to is not None:
+            end = _start_of(date_to)
+            if not isinstance(date_to, dt.datetime):
+                end += dt.timedelta(days=1)
+                stmt = stmt.where(_audit_log.c.at < end)
+            else:
+                stmt = stmt.where(_audit_log.c.at <= end)
+        with self._read() as conn:
+            if patient is not None:
+                if isinstance(patient, int):
+                    patient_id: int | None = patient
+                else:
+                    patient_id = conn.execute(
+                        select(_patients.c.id).where(
+                            func.lower(_patients.c.code) == str(patient).strip().lower()
+                        )
+                    ).scalar()
+                stmt = stmt.where(_audit_log.c.patient_id == (patient_id or -1))
+            if limit is not None:
+                # The newest ``limit`` entries, still oldest first.
+                sub = stmt.order_by(None).order_by(_audit_log.c.seq.desc()).limit(limit).subquery()
+                stmt = select(sub).order_by(sub.c.seq)
+            rows = conn.execute(stmt).mappings().all()
+        return [_audit.entry_from_row(r) for r in rows]
+
+    def verify_audit(self) -> AuditReport:
+        """Check the audit trail's hash chain from its first row to its head."""
+        with self._read() as conn:
+            return _audit.verify_rows(conn, self._key())
+
+
+def _start_of(value: dt.date | dt.datetime) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+
+
+def open_store(url: str | URL | None = None, *, secret: Secret | bytes | None = None) -> Store:
     """Open (and migrate) the store at ``url``, default :func:`default_database_url`."""
-    return Store(url)
+    return Store(url, secret=secret)
