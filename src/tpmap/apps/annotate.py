@@ -1095,9 +1095,12 @@ def make_document(
     store: Any,
     atlas: Atlas | None = None,
     settings: Any = None,
-    user: str | None = None,
+    user: Any = None,
     **_: Any,
 ) -> AnnotatePage:
-    """Build the clinician page into ``doc`` and return its state object."""
-    who = user or getattr(settings, "user", None) or "clinician"
+    """Build the clinician page into ``doc`` and return its state object.
+
+    ``user`` is the signed-in :class:`tpmap.auth.Principal` (or, in tests, a name).
+    """
+    who = getattr(user, "name", user) or "clinician"
     return AnnotatePage(doc, store=store, atlas=atlas or load_atlas(), user=who)

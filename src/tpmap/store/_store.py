@@ -1285,6 +1285,8 @@ class Store:
                     extra = {k: fields.pop(k) for k in (parent, *passthrough) if k in fields}
                     if parent is not None:
                         extra[parent] = _int_id(extra.get(parent), parent)
+                    if "clinic_id" in extra:
+                        extra["clinic_id"] = _int_id(extra["clinic_id"], "clinic_id")
                     try:
                         values = validator(fields) if validator is not None else fields
                     except ValidationError as exc:
