@@ -199,6 +199,8 @@ def _ident(value: object, kind: str) -> int:
     """An id from outside (a page, a file) as a positive int; anything else is not found."""
     if type(value) is int and 0 < value < 2**63:
         return value
+    if type(value) is int:  # zero, negative, or beyond any database integer
+        raise NotFoundError(f"No {_KINDS[kind][1]} with id {_printable(repr(value), 40)}")
     try:
         return _int_id(value, f"{kind}_id")
     except ValidationError:
