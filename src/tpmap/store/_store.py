@@ -754,7 +754,7 @@ class Store:
         self._audit(
             conn,
             who,
-            action if undo_of is None else f"undo {action}",
+            action if undo_of is None else "undo",
             "mark",
             entity_id=mark["id"],
             patient_id=owner[0],
