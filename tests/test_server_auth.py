@@ -214,9 +214,7 @@ def test_no_page_and_no_websocket_without_a_valid_signed_cookie(serve, store_url
 
     # An expired sign-in (idle longer than 8 hours): no page, no websocket.
     with Store(server.db_url) as store, store.engine.begin() as conn:
-        conn.execute(
-            update(LoginSessionRow).values(last_seen_at=utcnow() - dt.timedelta(hours=9))
-        )
+        conn.execute(update(LoginSessionRow).values(last_seen_at=utcnow() - dt.timedelta(hours=9)))
     page = clinician.get("/annotate")
     assert page.status == 302 and "/login" in page.location
     assert websocket(clinician, token) == ("refused", 401)

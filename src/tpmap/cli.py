@@ -589,7 +589,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]  # like datasette: the default is to serve
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    from tpmap.store import AuditKeyError
+
+    try:
+        return int(args.func(args) or 0)
+    except AuditKeyError as exc:
+        # A message for the operator (which secret to use), not a traceback.
+        return _fail(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

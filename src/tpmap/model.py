@@ -555,6 +555,12 @@ def _hostile(text: str, name: str, *, multiline: bool = False) -> None:
             raise ValueError(f"{name} contains an invisible character: retype it")
 
 
+def _shown(value: object, limit: int = 40) -> str:
+    """``value`` for a message: invisible and control characters escaped, length capped."""
+    text = str(value)[:limit]
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+
+
 def _text(value: object, name: str, max_length: int, *, multiline: bool = False) -> str:
     if value is None:
         return ""
@@ -685,7 +691,7 @@ def _apply(
     cleaned: dict[str, Any] = {}
     for key in raw:
         if key not in rules:
-            errors[key] = f"Unknown field: {key}"
+            errors[key] = f"Unknown field: {_shown(key)}"
     names = [k for k in rules if k in raw] if partial else list(rules)
     for name in names:
         value = raw.get(name)
