@@ -2,8 +2,11 @@
 
 Measures (Debian's Chromium driven by Playwright, against a real `tpmap serve`):
 
-- tap to mark drawn: from the click to the mark drawn as saved (committed) in the page;
-- opening a patient with 50 sessions: from choosing the patient to the session drawn.
+- tap to mark drawn: from the click to the mark drawn as saved (committed) in the page,
+  signed in, with every change written to the audit trail in the same transaction;
+- opening a patient with 50 sessions: from choosing the patient to the session drawn;
+- signing in: from submitting the sign-in form to the clinician page's first request
+  answered (one argon2id verification on the server), next to one verification alone.
 
 Side by side, the obvious alternative for the server part: reloading the whole episode's
 marks from the database after each tap instead of updating the one mark.
@@ -25,12 +28,36 @@ import urllib.request
 from pathlib import Path
 
 from tpmap import load_atlas
+from tpmap.auth import load_secret
 from tpmap.store import Store
 
 OUT = Path(__file__).parent / "out"
 DB = OUT / "annotate-1e6.db"
 URL = f"sqlite:///{DB}"
 N_TAPS = 40
+# The benchmark's own server secret and account (never the user's data directory).
+SECRET_FILE = OUT / "secret"
+BENCH_USER, BENCH_PASSWORD = "bench", "bench-password-1"
+
+
+def _store() -> Store:
+    OUT.mkdir(exist_ok=True)
+    if not SECRET_FILE.exists():
+        import secrets
+
+        SECRET_FILE.touch(mode=0o600)
+        SECRET_FILE.write_text(secrets.token_urlsafe(48))
+    return Store(URL, secret=load_secret(secret_file=SECRET_FILE))
+
+
+def _ensure_account(store: Store) -> None:
+    """A clinician of the first clinic (where BENCH-50 and the tap patients go)."""
+    if BENCH_USER not in {u.name for u in store.list_users()}:
+        first = min(store.list_clinics(), key=lambda c: c.id)
+        store.add_user(
+            BENCH_USER, BENCH_PASSWORD, roles=["clinician"], clinics=[first.id], user="bench"
+        )
+
 
 _SCREEN = """([name, x, y]) => {
   const v = [...Bokeh.index.all_views()].find(v => v.model.name === name && v.frame);
@@ -60,8 +87,8 @@ def _build_db() -> tuple[int, int]:
     """A database with ~10^6 marks and one patient with 50 sessions; returns its ids."""
     from tpmap.demo import generate_demo
 
-    OUT.mkdir(exist_ok=True)
-    store = Store(URL)
+    store = _store()
+    _ensure_account(store)
     if store.counts()["marks"] < 900_000:
         print("building a database of about 10^6 marks (once) ...", flush=True)
         generate_demo(store, seed=7, patients=2000, marks_per_session=110)
@@ -101,7 +128,7 @@ def _build_db() -> tuple[int, int]:
 
 def _tap_patient() -> str:
     """A new patient with one empty session today, for the taps of this run."""
-    store = Store(URL)
+    store = _store()
     code = f"TAP-{time.time_ns() // 1_000_000}"
     patient = store.create_patient({"code": code}, "bench")
     episode = store.create_episode(
@@ -123,14 +150,17 @@ def _free_port() -> int:
 def _serve() -> tuple[subprocess.Popen, str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tpmap", "serve", "--db", URL, "--port", str(port)],
+        [
+            *(sys.executable, "-m", "tpmap", "serve", "--db", URL, "--port", str(port)),
+            *("--secret-file", str(SECRET_FILE)),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
-            urllib.request.urlopen(url + "/atlas", timeout=1)
+            urllib.request.urlopen(url + "/login", timeout=1)
             return proc, url
         except OSError:
             time.sleep(0.1)
@@ -149,14 +179,31 @@ def main() -> list[tuple[str, str, str]]:
     tap_code = _tap_patient()
     proc, url = _serve()
     atlas = load_atlas()
-    taps, opens = [], []
+    taps, opens, sign_ins = [], [], []
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=shutil.which("chromium") or "/usr/bin/chromium",
                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
             )
-            page = browser.new_page(viewport={"width": 1024, "height": 768})
+            for _ in range(5):
+                context = browser.new_context(viewport={"width": 1024, "height": 768})
+                page = context.new_page()
+                page.goto(url + "/login?next=/annotate")
+                page.locator("#name").fill(BENCH_USER)
+                page.locator("#password").fill(BENCH_PASSWORD)
+                t0 = time.perf_counter()
+                with page.expect_response(lambda r: r.url.endswith("/annotate")):
+                    page.locator("button[type=submit]").click()
+                sign_ins.append(1000 * (time.perf_counter() - t0))
+                context.close()
+            context = browser.new_context(viewport={"width": 1024, "height": 768})
+            page = context.new_page()
+            page.goto(url + "/login?next=/annotate")
+            page.locator("#name").fill(BENCH_USER)
+            page.locator("#password").fill(BENCH_PASSWORD)
+            with page.expect_navigation():
+                page.locator("button[type=submit]").click()
             for _ in range(3):
                 page.goto(url + "/annotate")
                 page.locator("div.bk-Canvas").first.wait_for()
@@ -196,8 +243,19 @@ def main() -> list[tuple[str, str, str]]:
         proc.terminate()
         proc.wait(10)
 
+    # One argon2id verification alone (argon2-cffi's defaults), for the sign-in row.
+    from argon2 import PasswordHasher
+
+    hasher = PasswordHasher()
+    hashed = hasher.hash(BENCH_PASSWORD)
+    verify_ms = []
+    for _ in range(5):
+        t = time.perf_counter()
+        hasher.verify(hashed, BENCH_PASSWORD)
+        verify_ms.append(1000 * (time.perf_counter() - t))
+
     # The obvious alternative, server side only: reload the episode after every tap.
-    store = Store(URL)
+    store = _store()
     reload_ms = []
     for _ in range(10):
         t = time.perf_counter()
@@ -210,6 +268,11 @@ def main() -> list[tuple[str, str, str]]:
             f"tap to mark drawn (saved), {len(taps)} taps",
             f"median {statistics.median(taps):.0f} ms, p95 {_pct(taps, 0.95):.0f} ms",
             f"+{statistics.median(reload_ms):.0f} ms per tap to reload the episode",
+        ),
+        (
+            "sign in (form submitted to page answered)",
+            f"median {statistics.median(sign_ins):.0f} ms",
+            f"one argon2id verification alone: {statistics.median(verify_ms):.0f} ms",
         ),
         (
             "open a patient with 50 sessions",
