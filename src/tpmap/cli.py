@@ -113,6 +113,12 @@ def _ensure_demo(url: str | None, *, seed: int, secret: object = None):
     create_demo_accounts(store)
     if {u.name for u in store.list_users()} >= {"anna", "rosa"}:
         print(demo_accounts_text(), flush=True)
+        if not store.find_patients("DEMO-", limit=1, scope=store.principal("anna")):
+            print(
+                "This demo database predates clinics (its patients are in 'Default clinic'), "
+                "so the demo clinicians see none of them: delete it to build a new one.",
+                flush=True,
+            )
     return store
 
 

@@ -168,20 +168,22 @@ class TpmapAuth(AuthProvider):
         handler.request._tpmap_principal = principal  # type: ignore[attr-defined]
         return principal
 
-    async def recheck(self, login_id: int | None) -> Principal | None:
-        """The principal of sign-in ``login_id`` if it is still open (websocket messages)."""
+    async def recheck(self, login_id: int | None) -> bool:
+        """Whether sign-in ``login_id`` is still open (before each websocket message)."""
         if login_id is None:
-            return None
+            return False
         try:
-            return await self._in_thread(
-                self.store.check_login,
-                login_id=login_id,
-                idle=self.idle_timeout,
-                touch_after=self.touch_after,
+            return bool(
+                await self._in_thread(
+                    self.store.login_is_open,
+                    login_id,
+                    idle=self.idle_timeout,
+                    touch_after=self.touch_after,
+                )
             )
         except Exception:
             log.exception("re-checking a sign-in failed")
-            return None
+            return False
 
     def set_cookie(self, handler: RequestHandler, token: str) -> None:
         """Give the browser its signed, HttpOnly, SameSite=Lax session cookie."""
@@ -238,7 +240,7 @@ def install_websocket_checks() -> None:
         if isinstance(auth, TpmapAuth):
             principal = self.current_user
             login = principal.login_id if isinstance(principal, Principal) else None
-            if await auth.recheck(login) is None:
+            if not await auth.recheck(login):
                 log.info("closing the websocket of an ended sign-in (%s)", login)
                 self.close(WS_SIGNED_OUT, "signed out")
                 return None

@@ -1813,6 +1813,29 @@ class Store:
         than ``idle``, or its account is disabled. A sign-in in use is marked seen (at most
         once per ``touch_after``, so that every websocket message does not write).
         """
+        row = self._open_login(token, login_id, idle, touch_after)
+        if row is None:
+            return None
+        with self._read() as conn:
+            return self._principal(conn, row, row["login_id"])
+
+    def login_is_open(
+        self,
+        login_id: int,
+        *,
+        idle: dt.timedelta,
+        touch_after: dt.timedelta = dt.timedelta(minutes=1),
+    ) -> bool:
+        """Whether sign-in ``login_id`` is still open (one query; checked per websocket message)."""
+        return self._open_login(None, login_id, idle, touch_after) is not None
+
+    def _open_login(
+        self,
+        token: str | None,
+        login_id: int | None,
+        idle: dt.timedelta,
+        touch_after: dt.timedelta,
+    ) -> RowMapping | None:
         if token is not None:
             where = _logins.c.token_hash == _token_hash(token)
         elif login_id is not None:
@@ -1829,11 +1852,10 @@ class Store:
         now = utcnow()
         with self._read() as conn:
             row = conn.execute(stmt).mappings().first()
-            if row is None or row["ended_at"] is not None or not row["active"]:
-                return None
-            if now - row["last_seen_at"] > idle:
-                return None
-            principal = self._principal(conn, row, row["login_id"])
+        if row is None or row["ended_at"] is not None or not row["active"]:
+            return None
+        if now - row["last_seen_at"] > idle:
+            return None
         if now - row["last_seen_at"] > touch_after:
             with self._write() as conn:
                 conn.execute(
@@ -1841,7 +1863,7 @@ class Store:
                     .where(_logins.c.id == row["login_id"], _logins.c.ended_at.is_(None))
                     .values(last_seen_at=now)
                 )
-        return principal
+        return row
 
     def sign_out(self, token: str, *, address: str | None = None) -> None:
         """End the sign-in holding ``token`` (no-op when it already ended)."""
