@@ -8,6 +8,7 @@ Every test runs on SQLite and, with TPMAP_TEST_POSTGRES_URL, on PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import http.client
 import json
@@ -165,7 +166,10 @@ def websocket(
     """Open Bokeh's websocket like a browser would: ("open", msgtypes) or ("refused", code)."""
     if cookie == "jar":
         cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
-    return asyncio.run(_websocket(client.base, app, token, cookie, messages, origin or client.base))
+    coro = _websocket(client.base, app, token, cookie, messages, origin or client.base)
+    # A thread of its own: Playwright's sync API may hold an event loop in this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def signed(key: bytes, value: str) -> str:
