@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from tpmap.auth import AccessDenied, Principal
+from tpmap.store._accounts import SIGN_IN_LIMIT, SignIn
 from tpmap.store._audit import AuditEntry, AuditKeyError, AuditReport
 from tpmap.store._engine import default_database_url, make_engine
 from tpmap.store._migrate import current_revision, head_revision
@@ -26,7 +27,7 @@ from tpmap.store._records import (
     UserAccount,
 )
 from tpmap.store._scoped import NOT_FOUND, ScopedStore
-from tpmap.store._store import SIGN_IN_LIMIT, SignIn, Store, open_store
+from tpmap.store._store import Store, open_store
 
 __all__ = [
     "NOT_FOUND",
