@@ -63,6 +63,16 @@ def _fail(message: object) -> int:
     return 1
 
 
+def _refused(command: str, exc: Exception) -> int:
+    """Say why a command changed nothing (each field's message), exit status 1."""
+    from tpmap.model import ValidationError
+
+    messages = exc.errors.values() if isinstance(exc, ValidationError) else [str(exc)]
+    for message in messages:
+        print(f"tpmap {command}: {_show(message)}", file=sys.stderr)
+    return 1
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import datetime as dt
 
@@ -154,7 +164,6 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def cmd_user(args: argparse.Namespace) -> int:
-    from tpmap.model import ValidationError
     from tpmap.store import NotFoundError
 
     try:
@@ -195,19 +204,12 @@ def cmd_user(args: argparse.Namespace) -> int:
             store.get_user(args.name)
             store.set_password(args.name, _read_password(args), user=_cli_user())
             print(f"New password set for {_show(args.name)}; their open sign-ins ended.")
-    except ValidationError as exc:
-        for message in exc.errors.values():
-            print(f"tpmap user: {_show(message)}", file=sys.stderr)
-        return 1
     except (NotFoundError, ValueError) as exc:
-        print(f"tpmap user: {_show(exc)}", file=sys.stderr)
-        return 1
+        return _refused("user", exc)
     return 0
 
 
 def cmd_clinic(args: argparse.Namespace) -> int:
-    from tpmap.model import ValidationError
-
     try:
         store = _open(args)
         if args.action == "add":
@@ -218,13 +220,8 @@ def cmd_clinic(args: argparse.Namespace) -> int:
                 ("id", "name", "created"),
                 [(c.id, c.name, c.created_at.strftime("%Y-%m-%d")) for c in store.list_clinics()],
             )
-    except ValidationError as exc:
-        for message in exc.errors.values():
-            print(f"tpmap clinic: {_show(message)}", file=sys.stderr)
-        return 1
     except ValueError as exc:
-        print(f"tpmap clinic: {_show(exc)}", file=sys.stderr)
-        return 1
+        return _refused("clinic", exc)
     return 0
 
 

@@ -79,6 +79,15 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
 
 
+def _end_logins(conn: Connection, user_id: int, now: dt.datetime) -> None:
+    """End every open sign-in of an account (disabled, or a new password)."""
+    conn.execute(
+        update(_logins)
+        .where(_logins.c.user_id == user_id, _logins.c.ended_at.is_(None))
+        .values(ended_at=now)
+    )
+
+
 class AccountsMixin:
     """Clinics, accounts, sign-ins and the audit trail's reading side (part of ``Store``)."""
 
@@ -263,11 +272,7 @@ class AccountsMixin:
                     .values(active=bool(active), updated_at=now, updated_by=who)
                 )
                 if not active:
-                    conn.execute(
-                        update(_logins)
-                        .where(_logins.c.user_id == row["id"], _logins.c.ended_at.is_(None))
-                        .values(ended_at=now)
-                    )
+                    _end_logins(conn, row["id"], now)
                 self._audit(
                     conn,
                     who,
@@ -292,11 +297,7 @@ class AccountsMixin:
                 .where(_users.c.id == row["id"])
                 .values(password_hash=hashed, updated_at=now, updated_by=who)
             )
-            conn.execute(
-                update(_logins)
-                .where(_logins.c.user_id == row["id"], _logins.c.ended_at.is_(None))
-                .values(ended_at=now)
-            )
+            _end_logins(conn, row["id"], now)
             self._audit(
                 conn,
                 who,
