@@ -23,8 +23,10 @@ $(VENV)/.dev: pyproject.toml $(BIN)/tpmap
 
 dev: $(VENV)/.dev
 
+# Prints the demo accounts and their password (created with the demo database) on start.
 serve: install
 	@mkdir -p $(dir $(DEMO_DB))
+	@echo "Sign in at http://$(HOST):$(PORT)/login with one of the demo accounts listed below."
 	$(BIN)/tpmap serve --db sqlite:///$(abspath $(DEMO_DB)) --demo --host $(HOST) --port $(PORT)
 
 # Debian's Chromium drives the browser tests and PNG/SVG export (no browser downloads here).

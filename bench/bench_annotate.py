@@ -2,8 +2,11 @@
 
 Measures (Debian's Chromium driven by Playwright, against a real `tpmap serve`):
 
-- tap to mark drawn: from the click to the mark drawn as saved (committed) in the page;
-- opening a patient with 50 sessions: from choosing the patient to the session drawn.
+- tap to mark drawn: from the click to the mark drawn as saved (committed) in the page,
+  signed in, with every change written to the audit trail in the same transaction;
+- opening a patient with 50 sessions: from choosing the patient to the session drawn;
+- signing in: from posting the sign-in form to the server's answer (one argon2id
+  verification, the sign-in and its audit entry written), next to one verification alone.
 
 Side by side, the obvious alternative for the server part: reloading the whole episode's
 marks from the database after each tap instead of updating the one mark.
@@ -25,12 +28,36 @@ import urllib.request
 from pathlib import Path
 
 from tpmap import load_atlas
+from tpmap.auth import load_secret
 from tpmap.store import Store
 
 OUT = Path(__file__).parent / "out"
 DB = OUT / "annotate-1e6.db"
 URL = f"sqlite:///{DB}"
 N_TAPS = 40
+# The benchmark's own server secret and account (never the user's data directory).
+SECRET_FILE = OUT / "secret"
+BENCH_USER, BENCH_PASSWORD = "bench", "bench-password-1"
+
+
+def _store() -> Store:
+    OUT.mkdir(exist_ok=True)
+    if not SECRET_FILE.exists():
+        import secrets
+
+        SECRET_FILE.touch(mode=0o600)
+        SECRET_FILE.write_text(secrets.token_urlsafe(48))
+    return Store(URL, secret=load_secret(secret_file=SECRET_FILE))
+
+
+def _ensure_account(store: Store) -> None:
+    """A clinician of the first clinic (where BENCH-50 and the tap patients go)."""
+    if BENCH_USER not in {u.name for u in store.list_users()}:
+        first = min(store.list_clinics(), key=lambda c: c.id)
+        store.add_user(
+            BENCH_USER, BENCH_PASSWORD, roles=["clinician"], clinics=[first.id], user="bench"
+        )
+
 
 _SCREEN = """([name, x, y]) => {
   const v = [...Bokeh.index.all_views()].find(v => v.model.name === name && v.frame);
@@ -60,8 +87,8 @@ def _build_db() -> tuple[int, int]:
     """A database with ~10^6 marks and one patient with 50 sessions; returns its ids."""
     from tpmap.demo import generate_demo
 
-    OUT.mkdir(exist_ok=True)
-    store = Store(URL)
+    store = _store()
+    _ensure_account(store)
     if store.counts()["marks"] < 900_000:
         print("building a database of about 10^6 marks (once) ...", flush=True)
         generate_demo(store, seed=7, patients=2000, marks_per_session=110)
@@ -101,7 +128,7 @@ def _build_db() -> tuple[int, int]:
 
 def _tap_patient() -> str:
     """A new patient with one empty session today, for the taps of this run."""
-    store = Store(URL)
+    store = _store()
     code = f"TAP-{time.time_ns() // 1_000_000}"
     patient = store.create_patient({"code": code}, "bench")
     episode = store.create_episode(
@@ -123,18 +150,56 @@ def _free_port() -> int:
 def _serve() -> tuple[subprocess.Popen, str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tpmap", "serve", "--db", URL, "--port", str(port)],
+        [
+            *(sys.executable, "-m", "tpmap", "serve", "--db", URL, "--port", str(port)),
+            *("--secret-file", str(SECRET_FILE)),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
-            urllib.request.urlopen(url + "/atlas", timeout=1)
+            urllib.request.urlopen(url + "/login", timeout=1)
             return proc, url
         except OSError:
             time.sleep(0.1)
     raise RuntimeError("tpmap serve did not start")
+
+
+def _sign_in_ms(url: str) -> float:
+    """POST the sign-in form (with its XSRF token) and time the server's answer."""
+    import http.client
+    import re
+    from urllib.parse import urlencode, urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn.request("GET", "/login")
+    answer = conn.getresponse()
+    form = answer.read().decode()
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+    cookie = answer.getheader("Set-Cookie", "").split(";")[0]
+    body = urlencode({"_xsrf": xsrf, "name": BENCH_USER, "password": BENCH_PASSWORD})
+    headers = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    t0 = time.perf_counter()
+    conn.request("POST", "/login", body=body, headers=headers)
+    answer = conn.getresponse()
+    answer.read()
+    elapsed = 1000 * (time.perf_counter() - t0)
+    conn.close()
+    if answer.status != 302:
+        raise RuntimeError(f"signing in failed ({answer.status})")
+    return elapsed
+
+
+def _timed(fn, n: int = 40) -> list[float]:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - t))
+    return times
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -156,7 +221,13 @@ def main() -> list[tuple[str, str, str]]:
                 executable_path=shutil.which("chromium") or "/usr/bin/chromium",
                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
             )
-            page = browser.new_page(viewport={"width": 1024, "height": 768})
+            context = browser.new_context(viewport={"width": 1024, "height": 768})
+            page = context.new_page()
+            page.goto(url + "/login?next=/annotate")
+            page.locator("#name").fill(BENCH_USER)
+            page.locator("#password").fill(BENCH_PASSWORD)
+            with page.expect_navigation():
+                page.locator("button[type=submit]").click()
             for _ in range(3):
                 page.goto(url + "/annotate")
                 page.locator("div.bk-Canvas").first.wait_for()
@@ -192,17 +263,44 @@ def main() -> list[tuple[str, str, str]]:
                 taps.append(page.evaluate("() => window.__tap"))
                 page.wait_for_timeout(350)  # keep taps apart: each is a plain Tap
             browser.close()
+        # Signing in, timed last (right after start the server is still building the atlas
+        # indexes in a thread) and over plain HTTP: the server's cost, not the browser's.
+        sign_ins = [_sign_in_ms(url) for _ in range(5)]
     finally:
         proc.terminate()
         proc.wait(10)
 
+    # One argon2id verification alone (argon2-cffi's defaults), for the sign-in row.
+    from argon2 import PasswordHasher
+
+    hasher = PasswordHasher()
+    hashed = hasher.hash(BENCH_PASSWORD)
+    verify_ms = []
+    for _ in range(5):
+        t = time.perf_counter()
+        hasher.verify(hashed, BENCH_PASSWORD)
+        verify_ms.append(1000 * (time.perf_counter() - t))
+
     # The obvious alternative, server side only: reload the episode after every tap.
-    store = Store(URL)
+    store = _store()
     reload_ms = []
     for _ in range(10):
         t = time.perf_counter()
         store.episode_marks(episode_id)
         reload_ms.append(1000 * (time.perf_counter() - t))
+    # What the audit trail and clinic scoping add to storing one mark (server side): the
+    # store as the signed-in page uses it, next to the same insert with no audit row.
+    session_id = store.list_sessions(store.list_episodes(store.patient_by_code(tap_code).id)[0].id)[
+        0
+    ].id
+    principal = store.principal(BENCH_USER)
+    point = {"view": "posterior", "x": 10.0, "y": 95.0, "muscle": "gluteus_medius",
+             "side": "left", "layer": "superficial", "atlas_version": atlas.version}  # fmt: skip
+    scoped_ms = _timed(lambda: store.scoped(principal).add_mark(session_id, point))
+    plain = _store()
+    plain._audit = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    plain_ms = _timed(lambda: plain.add_mark(session_id, point, BENCH_USER))
+    plain.close()
     store.close()
 
     rows = [
@@ -210,6 +308,16 @@ def main() -> list[tuple[str, str, str]]:
             f"tap to mark drawn (saved), {len(taps)} taps",
             f"median {statistics.median(taps):.0f} ms, p95 {_pct(taps, 0.95):.0f} ms",
             f"+{statistics.median(reload_ms):.0f} ms per tap to reload the episode",
+        ),
+        (
+            "sign in (POST /login to its answer)",
+            f"median {statistics.median(sign_ins):.0f} ms",
+            f"one argon2id verification alone: {statistics.median(verify_ms):.0f} ms",
+        ),
+        (
+            "store one mark (server side, SQLite)",
+            f"median {statistics.median(scoped_ms):.1f} ms scoped + audited",
+            f"{statistics.median(plain_ms):.1f} ms unscoped, no audit row",
         ),
         (
             "open a patient with 50 sessions",

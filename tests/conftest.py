@@ -7,12 +7,23 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+# Tests write only into temporary folders: the user's data, cache and config folders (the
+# default database, research snapshots, a generated server secret) point into a fresh
+# temporary folder for the whole run, servers started by tests included. Every store keys
+# its audit trail with a test secret, never reading or generating the real one.
+_HOME = Path(tempfile.mkdtemp(prefix="tpmap-tests-"))
+for _var in ("XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+    os.environ[_var] = str(_HOME / _var.lower())
+TEST_SECRET = "tpmap-test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+os.environ.setdefault("TPMAP_SECRET", TEST_SECRET)
 
 # The database fixtures (`store`, `store_url`): SQLite always, PostgreSQL when configured.
 pytest_plugins = ["store_fixtures"]
@@ -25,6 +36,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+#: Password of the accounts the `serve` fixture creates (see :data:`ACCOUNTS`).
+TEST_PASSWORD = "correct horse battery"
+#: Accounts in every served test database: name -> (roles, clinics). "Default clinic" holds
+#: every patient a test creates through the unscoped store.
+ACCOUNTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "clinician": (("clinician",), ("Default clinic",)),
+    "researcher": (("researcher",), ()),
+}
+
+
+def ensure_accounts(db_url: str) -> None:
+    """Create :data:`ACCOUNTS` in the database at ``db_url`` (those that are missing)."""
+    from tpmap.store import Store
+
+    with Store(db_url) as store:
+        existing = {u.name for u in store.list_users()}
+        for name, (roles, clinics) in ACCOUNTS.items():
+            if name not in existing:
+                store.add_user(name, TEST_PASSWORD, roles=roles, clinics=clinics, user="tests")
 
 
 class RunningServer:
@@ -48,7 +80,7 @@ class RunningServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tpmap serve exited:\n{self.log.read_text()}")
             try:
-                with urllib.request.urlopen(self.url + "/atlas", timeout=2) as r:
+                with urllib.request.urlopen(self.url + "/login", timeout=2) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -71,6 +103,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
 
     def start(db_url: str | None = None, extra: list[str] | None = None) -> RunningServer:
         url = db_url or f"sqlite:///{tmp_path / 'tpmap.db'}"
+        ensure_accounts(url)
         server = RunningServer(url, tmp_path / f"serve-{len(servers)}.log", extra)
         servers.append(server)
         return server
@@ -106,3 +139,19 @@ def page(browser):
     pg.set_default_timeout(20_000)
     yield pg
     context.close()
+
+
+def sign_in(page, server: RunningServer, name: str = "clinician", next_path: str = "") -> None:
+    """Sign ``page`` in to ``server`` as one of :data:`ACCOUNTS` through the real form.
+
+    With ``next_path`` (e.g. ``/annotate``) the page goes there afterwards.
+    """
+    query = f"?next={next_path}" if next_path else ""
+    page.goto(f"{server.url}/login{query}")
+    page.locator("#name").fill(name)
+    page.locator("#password").fill(TEST_PASSWORD)
+    with page.expect_navigation():
+        page.locator("button[type=submit]").click()
+    if "/login" in page.url:
+        message = page.locator("#message").inner_text()
+        raise AssertionError(f"signing in as {name} failed: {message}")

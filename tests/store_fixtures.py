@@ -16,9 +16,10 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
+from tpmap.auth import Principal
 from tpmap.store import Store
 
-__all__ = ["POSTGRES_ENV", "store", "store_url"]
+__all__ = ["POSTGRES_ENV", "clinician", "store", "store_url"]
 
 POSTGRES_ENV = "TPMAP_TEST_POSTGRES_URL"
 
@@ -66,3 +67,18 @@ def store(store_url: str) -> Iterator[Store]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture
+def clinician(store: Store) -> Principal:
+    """A signed-in clinician of the "Default clinic", where the unscoped store puts patients."""
+    store.add_user(
+        "tester",
+        "a password for tests",
+        roles=("clinician",),
+        clinics=("Default clinic",),
+        user="tests",
+    )
+    principal = store.principal("tester")
+    assert principal is not None
+    return principal

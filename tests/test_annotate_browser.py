@@ -8,6 +8,7 @@ from tpmap import load_atlas
 from tpmap.store import Store
 
 from bokeh_page import column, model_attr, screen_xy, tap, wait_for_bokeh
+from conftest import sign_in
 
 ATLAS = load_atlas()
 
@@ -41,7 +42,7 @@ def wait_marks(store: Store, session_id: int, n: int, timeout: float = 15.0) -> 
 
 def test_create_patient_and_session_tap_two_muscles_reload(serve, page, tmp_path):
     server = serve()
-    page.goto(server.url + "/annotate")
+    sign_in(page, server, next_path="/annotate")
     wait_for_bokeh(page)
     page.locator(".tp-new-patient button").click()
     page.locator(".tp-new-code input").fill("P-E2E-1")
@@ -97,7 +98,7 @@ def test_create_patient_and_session_tap_two_muscles_reload(serve, page, tmp_path
 
 def test_a_tap_off_the_body_says_so(serve, page):
     server = serve()
-    page.goto(server.url + "/annotate")
+    sign_in(page, server, next_path="/annotate")
     wait_for_bokeh(page)
     before = status(page)
     tap(page, "atlas-anterior", 0.0, 60.0)
@@ -118,7 +119,7 @@ def test_a_finger_tap_on_a_tablet_is_kept(serve, page, tmp_path):
     )
     session = store.create_session(episode.id, {"date": "2026-01-06", "clinician": "AB"}, "t")
     server = serve(url)
-    page.goto(server.url + "/annotate")
+    sign_in(page, server, next_path="/annotate")
     wait_for_bokeh(page)
     page.locator(".tp-patient select").select_option(label="P-TOUCH")
     wait_status(page, "0 marks")
@@ -139,7 +140,7 @@ def test_the_structures_layer_records_the_ligament_tapped(serve, page, tmp_path)
     )
     session = store.create_session(episode.id, {"date": "2026-01-06", "clinician": "AB"}, "t")
     server = serve(url)
-    page.goto(server.url + "/annotate")
+    sign_in(page, server, next_path="/annotate")
     wait_for_bokeh(page)
     page.locator(".tp-patient select").select_option(label="P-PERI")
     wait_status(page, "0 marks")

@@ -15,6 +15,7 @@ import pytest
 from tpmap.store import Store
 
 from bokeh_page import screen_xy, tap, wait_for_bokeh
+from conftest import sign_in
 from diagram_points import inside, mark_fields
 
 pytestmark = pytest.mark.browser
@@ -65,6 +66,11 @@ def offscreen(page, width: int, height: int, *, vertical: bool) -> list:
 
 
 def check(page, width: int, height: int, state: str) -> None:
+    # The page lays itself out for the window the browser reports: wait for that layout.
+    page.wait_for_function(
+        "t => Bokeh.documents[0].get_model_by_name('annotate-page').tags.includes(t)",
+        arg=f"layout:{width}x{height}",
+    )
     page.wait_for_timeout(150)  # let Bokeh finish laying out the change
     scroll_width = page.evaluate("() => document.documentElement.scrollWidth")
     assert scroll_width <= width, f"{state}: the page scrolls sideways ({scroll_width} px)"
@@ -86,7 +92,7 @@ def test_every_widget_is_on_screen_in_every_state(serve, browser, clinic, width,
     page = context.new_page()
     page.set_default_timeout(20_000)
     try:
-        page.goto(server.url + "/annotate")
+        sign_in(page, server, next_path="/annotate")
         wait_for_bokeh(page)
         check(page, width, height, "opened")
 
@@ -128,7 +134,7 @@ def test_every_widget_is_on_screen_in_every_state(serve, browser, clinic, width,
         )
         check(page, width, height, "rejected value")
 
-        for tab in ("Session", "Marks", "Mark"):
+        for tab in ("Session", "Marks", "Progress", "Mark"):
             page.get_by_role("tab", name=tab, exact=True).click()
             check(page, width, height, f"{tab} tab")
 
@@ -143,12 +149,12 @@ def test_every_widget_is_on_screen_in_every_state(serve, browser, clinic, width,
 
 def test_tabs_are_announced_as_tabs_and_work_from_the_keyboard(serve, page, clinic):
     server = serve(clinic)
-    page.goto(server.url + "/annotate")
+    sign_in(page, server, next_path="/annotate")
     wait_for_bokeh(page)
     tablist = page.get_by_role("tablist", name="Session details")
     tablist.wait_for()
     tabs = page.get_by_role("tab")
-    assert [t.inner_text() for t in tabs.all()] == ["Mark", "Session", "Marks"]
+    assert [t.inner_text() for t in tabs.all()] == ["Mark", "Session", "Marks", "Progress"]
     mark_tab = page.get_by_role("tab", name="Mark", exact=True)
     assert mark_tab.get_attribute("aria-selected") == "true"
     mark_tab.focus()

@@ -21,7 +21,7 @@ XSS = '<img src=x onerror="window.__x=1">'
 
 
 @pytest.fixture
-def page(store):
+def page(store, clinician):
     """A page with a patient, episode and session chosen (and one earlier session)."""
     patient = store.create_patient({"code": "P-0001", "sex": "female", "birth_year": 1990}, "t")
     episode = store.create_episode(
@@ -33,7 +33,7 @@ def page(store):
     store.add_mark(earlier.id, mark_fields("posterior", "gluteus_medius", "right"), "t")
     session = store.create_session(episode.id, {"date": "2026-01-12", "clinician": "AB"}, "t")
     doc = Document()
-    pg = make_document(doc, store=store, atlas=ATLAS, user="tester")
+    pg = make_document(doc, store=store, atlas=ATLAS, user=clinician)
     pg.pickers.patient_select.value = str(patient.id)
     assert pg.pickers.episode_select.value == str(episode.id)
     assert pg.pickers.session_select.value == str(session.id)
@@ -114,9 +114,9 @@ def test_tapping_a_mark_selects_it_instead_of_adding(page, store):
     assert page.selected == stored(store, page)[0].id
 
 
-def test_no_session_no_mark(store):
+def test_no_session_no_mark(store, clinician):
     doc = Document()
-    pg = make_document(doc, store=store, atlas=ATLAS, user="tester")
+    pg = make_document(doc, store=store, atlas=ATLAS, user=clinician)
     x, y = inside("anterior", "vmo", "left")
     doc.callbacks.trigger_event(Tap(doc.select_one({"name": "atlas-anterior"}), x=x, y=y))
     assert "session" in pg.status.text.lower() and pg.status.is_error
@@ -431,9 +431,9 @@ def test_typed_text_in_the_session_panel_is_shown_as_text(page, store):
 # -- pickers and forms ----------------------------------------------------------------------------
 
 
-def test_create_patient_episode_and_session_from_the_page(store):
+def test_create_patient_episode_and_session_from_the_page(store, clinician):
     doc = Document()
-    pg = make_document(doc, store=store, atlas=ATLAS, user="tester")
+    pg = make_document(doc, store=store, atlas=ATLAS, user=clinician)
     pk = pg.pickers
     pk.patient_fields["code"].set("Jane Smith")  # looks like a name: refused
     pk.create_patient()
@@ -624,3 +624,42 @@ def test_a_structure_mark_offers_structures_to_override(page, store):
     assert muscle.title == "Structure"
     ids = [v for v, _ in muscle.options][1:]
     assert "mpfl" in ids and "vmo" not in ids
+
+
+# -- clinics: a clinician sees their own clinic's patients only ------------------------------------
+
+
+def test_another_clinics_patient_cannot_be_opened_by_a_crafted_id(page, store):
+    other = store.add_clinic("North clinic", user="tests")
+    theirs = store.create_patient({"code": "P-NORTH"}, "t", clinic_id=other.id)
+    episode = store.create_episode(
+        theirs.id,
+        {"condition": "knee_osteoarthritis", "affected_side": "left", "start_date": "2026-01-01"},
+        "t",
+    )
+    session = store.create_session(episode.id, {"date": "2026-01-02", "clinician": "CD"}, "t")
+    mark = store.add_mark(session.id, mark_fields("anterior", "vmo", "left"), "t")
+    # Not offered by the search ...
+    page.pickers.find("P-NORTH")
+    assert "P-NORTH" not in [o[1] for o in page.pickers.patient_select.options]
+    # ... and not opened when its id is sent anyway, as a patient, an episode or a session.
+    opened = page.state.session_id
+    for select, ident in (
+        (page.pickers.patient_select, theirs.id),
+        (page.pickers.episode_select, episode.id),
+        (page.pickers.session_select, session.id),
+    ):
+        select.value = str(ident)
+        assert page.status.text.startswith("Not found"), select.name
+        assert page.state.session_id == opened
+    # A drag naming their mark changes nothing either.
+    page.diagram.drag("anterior", {"id": [mark.id], "x": [0.0], "y": [50.0]})
+    assert store.get_mark(mark.id).x == mark.x
+    assert store.session_marks(page.session.id) == []
+
+
+def test_a_disabled_account_can_no_longer_record(page, store):
+    store.set_user_active("tester", False, user="tests")
+    tap(page, "anterior", "vmo", "right")
+    assert store.session_marks(page.session.id) == []
+    assert page.status.is_error and "Sign in again" in page.status.text

@@ -12,6 +12,7 @@ from tpmap import model
 from tpmap.store import Store
 
 from bokeh_page import model_attr, screen_xy, wait_for_bokeh
+from conftest import sign_in
 from diagram_points import inside, mark_fields
 
 pytestmark = pytest.mark.browser
@@ -61,7 +62,7 @@ def wait_status(page, prefix: str) -> None:
 
 
 def open_session(page, server) -> None:
-    page.goto(server.url + "/annotate")
+    sign_in(page, server, next_path="/annotate")
     wait_for_bokeh(page)
     page.locator(".tp-patient select").select_option(label="P-SAFE")
     wait_status(page, "Session of")

@@ -9,6 +9,7 @@ from tpmap import load_atlas
 from tpmap.apps.diagram import make_document
 
 from bokeh_page import model_attr, tap, wait_for_bokeh
+from conftest import sign_in
 
 
 def build():
@@ -58,7 +59,7 @@ def test_hover_names_the_muscle():
 
 def test_in_a_browser_a_tap_names_the_muscle(serve, page):
     server = serve()
-    page.goto(server.url + "/atlas")
+    sign_in(page, server, next_path="/atlas")
     wait_for_bokeh(page)
     tap(page, "atlas-anterior", -5.0, 57.0)
     page.wait_for_function(

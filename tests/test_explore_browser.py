@@ -6,6 +6,7 @@ from tpmap.demo import generate_demo
 from tpmap.store import Store
 
 from bokeh_page import model_attr, wait_for_bokeh
+from conftest import sign_in
 
 
 def test_filter_redraws_and_downloads_work(serve, page, tmp_path):
@@ -15,7 +16,7 @@ def test_filter_redraws_and_downloads_work(serve, page, tmp_path):
     store.close()
     server = serve(url)
     page.set_viewport_size({"width": 1280, "height": 1000})
-    page.goto(server.url + "/explore")
+    sign_in(page, server, next_path="/explore")
     wait_for_bokeh(page)
     assert "80 patients in the filtered cohort" in model_attr(page, "legend", "text")
 

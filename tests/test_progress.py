@@ -61,7 +61,7 @@ def test_each_instrument_has_its_baseline_band_and_direction():
 
 
 @pytest.fixture
-def page(store):
+def page(store, clinician):
     patient = store.create_patient({"code": "P-PROG"}, "t")
     episode = store.create_episode(
         patient.id,
@@ -83,7 +83,7 @@ def page(store):
     store.add_outcome(
         episode.id, {"instrument": "womac_function", "score": 25, "date": "2026-02-02"}, "t"
     )
-    pg = make_document(Document(), store=store, atlas=ATLAS, user="t")
+    pg = make_document(Document(), store=store, atlas=ATLAS, user=clinician)
     pg.pickers.patient_select.value = str(patient.id)
     return pg
 

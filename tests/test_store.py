@@ -99,7 +99,7 @@ def test_reopening_is_idempotent_and_keeps_data(store_url: str) -> None:
     with open_store(store_url) as first:
         first.create_patient({"code": "P-1"}, USER)
     with open_store(store_url) as second, open_store(store_url) as third:
-        assert current_revision(second.engine) == head_revision() == "0003s"
+        assert current_revision(second.engine) == head_revision() == "0004"
         assert [p.code for p in third.find_patients("")] == ["P-1"]
 
 
@@ -191,7 +191,7 @@ def test_a_0002_database_takes_structures_marks_after_upgrade_and_keeps_every_ro
     finally:
         engine.dispose()
     with Store(store_url) as upgraded:
-        assert current_revision(upgraded.engine) == "0003s"
+        assert current_revision(upgraded.engine) == "0004"
         # ... nothing recorded changes: every mark keeps its layer and atlas version, the
         # change log (and so undo) is intact, and so are the indexes and other constraints.
         assert _rows(upgraded.engine, MARKS) == marks
@@ -218,7 +218,7 @@ def test_a_0002_database_takes_structures_marks_after_upgrade_and_keeps_every_ro
                 assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
-def test_a_downgrade_below_0003s_is_refused_while_structures_marks_exist(
+def test_a_downgrade_below_0004_is_refused_while_structures_marks_exist(
     clinic: Clinic, store_url: str
 ) -> None:
     st = clinic.store
@@ -229,7 +229,7 @@ def test_a_downgrade_below_0003s_is_refused_while_structures_marks_exist(
     try:
         with pytest.raises(RuntimeError, match="1 marks are on the structures layer"):
             downgrade(engine, "0002")
-        assert current_revision(engine) == "0003s"
+        assert current_revision(engine) == "0004"
         assert len(_rows(engine, MARKS)) == 2
     finally:
         engine.dispose()

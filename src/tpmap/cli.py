@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tpmap.auth import ROLES
 from tpmap.model import CONDITIONS, SEXES, TECHNIQUES, VIEWS
 
 __all__ = ["main"]
@@ -18,29 +19,98 @@ DB_HELP = (
     "in your user data directory"
 )
 
+SECRET_HELP = (
+    "file holding the server secret that keys the audit trail (default: $TPMAP_SECRET, else "
+    "the one in tpmap's data directory): the same secret as the server's"
+)
+
 
 def _db(args: argparse.Namespace) -> str | None:
     return args.db or os.environ.get("TPMAP_DATABASE_URL") or None
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from tpmap.server import Settings, run
+def _secret(args: argparse.Namespace):  # -> tpmap.auth.Secret
+    from tpmap.auth import load_secret
 
+    return load_secret(secret_file=getattr(args, "secret_file", None))
+
+
+def _open(args: argparse.Namespace):  # -> tpmap.store.Store
+    """The store for ``--db``, keyed with the server secret (``--secret-file``/TPMAP_SECRET)."""
+    from tpmap.store import open_store
+
+    return open_store(_db(args), secret=_secret(args))
+
+
+def _cli_user() -> str:
+    """Who a command-line change is recorded under: ``cli:<login name>``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no login name in some containers
+        return "cli"
+
+
+def _show(value: object) -> str:
+    """Text for the terminal: control and invisible characters escaped, never interpreted."""
+    text = "" if value is None else str(value)
+    return "".join(c if c.isprintable() or c == " " else f"\\u{ord(c):04x}" for c in text)
+
+
+def _fail(message: object) -> int:
+    print(f"tpmap: {_show(message)}", file=sys.stderr)
+    return 1
+
+
+def _refused(command: str, exc: Exception) -> int:
+    """Say why a command changed nothing (each field's message), exit status 1."""
+    from tpmap.model import ValidationError
+
+    messages = exc.errors.values() if isinstance(exc, ValidationError) else [str(exc)]
+    for message in messages:
+        print(f"tpmap {command}: {_show(message)}", file=sys.stderr)
+    return 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from tpmap.server import ServerConfigError, Settings, resolve_secret, run
+
+    if not 0 < args.idle_hours <= 24 * 30:
+        return _fail("--idle-hours is between 0 and 720")
     settings = Settings(
-        database_url=_db(args), host=args.host, port=args.port, user=args.user or "clinician"
+        database_url=_db(args),
+        host=args.host,
+        port=args.port,
+        allowed_origins=tuple(args.allow_origin or ()),
+        secret_file=args.secret_file,
+        idle_timeout=dt.timedelta(hours=args.idle_hours),
+        behind_proxy=args.behind_proxy,
     )
+    try:
+        secret = resolve_secret(settings)
+    except ServerConfigError as exc:
+        print(f"tpmap serve: {exc}", file=sys.stderr)
+        return 2
     store = None
     if args.demo:
-        store = _ensure_demo(settings.database_url, seed=args.seed)
-    run(settings, store=store)
+        store = _ensure_demo(settings.database_url, seed=args.seed, secret=secret)
+    try:
+        run(settings, store=store, secret=secret)
+    except ServerConfigError as exc:
+        print(f"tpmap serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
-def _ensure_demo(url: str | None, *, seed: int):
+def _ensure_demo(url: str | None, *, seed: int, secret: object = None):
     """Open the store; fill it with the demo cohort when it holds no patients yet."""
+    from tpmap.demo import create_demo_accounts, demo_accounts_text
     from tpmap.store import open_store
 
-    store = open_store(url)
+    store = open_store(url, secret=secret)  # type: ignore[arg-type]
     if store.counts()["patients"] == 0:
         from tpmap.demo import generate_demo
 
@@ -50,14 +120,22 @@ def _ensure_demo(url: str | None, *, seed: int):
     else:
         n = store.counts()["patients"]
         print(f"Using the existing database ({n} patients).", flush=True)
+    create_demo_accounts(store)
+    if {u.name for u in store.list_users()} >= {"anna", "rosa"}:
+        print(demo_accounts_text(), flush=True)
+        if not store.find_patients("DEMO-", limit=1, scope=store.principal("anna")):
+            print(
+                "This demo database predates clinics (its patients are in 'Default clinic'), "
+                "so the demo clinicians see none of them: delete it to build a new one.",
+                flush=True,
+            )
     return store
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tpmap.demo import generate_demo
-    from tpmap.store import open_store
+    from tpmap.demo import create_demo_accounts, demo_accounts_text, generate_demo
 
-    store = open_store(_db(args))
+    store = _open(args)
     if store.counts()["patients"] and not args.force:
         print(
             "The database already holds patients; use --force to add the demo cohort anyway.",
@@ -68,6 +146,178 @@ def cmd_demo(args: argparse.Namespace) -> int:
         store, seed=args.seed, patients=args.patients, marks_per_session=args.marks_per_session
     )
     print(f"Demo cohort written: {summary}")
+    if create_demo_accounts(store):
+        print(demo_accounts_text())
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    """A new password: from stdin (--password-stdin or a pipe), else asked twice unechoed."""
+    import getpass
+
+    if args.password_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password again: ") != first:
+        raise ValueError("The two passwords differ: nothing was changed")
+    return first
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from tpmap.store import NotFoundError
+
+    try:
+        store = _open(args)
+        if args.action == "list":
+            users = store.list_users()
+            if not users:
+                print("No accounts yet: create the first with tpmap user add NAME --role admin")
+                return 0
+            rows = [
+                (
+                    u.name,
+                    ", ".join(u.roles),
+                    ", ".join(u.clinics) or "-",
+                    "active" if u.active else "disabled",
+                    u.created_at.strftime("%Y-%m-%d"),
+                )
+                for u in users
+            ]
+            _table(("name", "roles", "clinics", "status", "created"), rows)
+            return 0
+        if args.action == "add":
+            password = _read_password(args)
+            account = store.add_user(
+                args.name,
+                password,
+                roles=args.role or (),
+                clinics=args.clinic or (),
+                user=_cli_user(),
+            )
+            where = f" at {', '.join(account.clinics)}" if account.clinics else ""
+            print(f"Added {_show(account.name)} ({', '.join(account.roles)}{where}).")
+        elif args.action in ("disable", "enable"):
+            account = store.set_user_active(args.name, args.action == "enable", user=_cli_user())
+            state = "enabled" if account.active else "disabled (signed out everywhere)"
+            print(f"{_show(account.name)} is {state}.")
+        elif args.action == "passwd":
+            store.get_user(args.name)
+            store.set_password(args.name, _read_password(args), user=_cli_user())
+            print(f"New password set for {_show(args.name)}; their open sign-ins ended.")
+    except (NotFoundError, ValueError) as exc:
+        return _refused("user", exc)
+    return 0
+
+
+def cmd_clinic(args: argparse.Namespace) -> int:
+    try:
+        store = _open(args)
+        if args.action == "add":
+            clinic = store.add_clinic(args.name, user=_cli_user())
+            print(f"Added clinic {_show(clinic.name)} (id {clinic.id}).")
+        else:
+            _table(
+                ("id", "name", "created"),
+                [(c.id, c.name, c.created_at.strftime("%Y-%m-%d")) for c in store.list_clinics()],
+            )
+    except ValueError as exc:
+        return _refused("clinic", exc)
+    return 0
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    shown = [[_show(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in shown)]) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for row in shown:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _csv_cell(value: object) -> object:
+    # A cell starting with = + - @ would run as a formula in a spreadsheet.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    import csv
+    import datetime as dt
+    import json
+
+    from tpmap.store import AuditKeyError
+
+    try:
+        store = _open(args)
+        if args.action == "verify":
+            report = store.verify_audit()
+            if report.ok:
+                print(f"The audit trail is intact: {report.rows} rows, chain verified.")
+                return 0
+            print(f"tpmap audit verify: {_show(report.problem)}", file=sys.stderr)
+            return 1
+        dates = {}
+        for name in ("date_from", "date_to"):
+            value = getattr(args, name)
+            if value:
+                try:
+                    dates[name] = dt.date.fromisoformat(value)
+                except ValueError:
+                    return _fail(f"{value!r} is not a date such as 2026-03-15")
+        entries = store.audit_entries(
+            user=args.user,
+            patient=args.patient,
+            action=args.action_filter,
+            limit=args.limit,
+            **dates,
+        )
+    except (AuditKeyError, ValueError) as exc:
+        return _fail(exc)
+    fields = ("seq", "at", "actor", "action", "entity", "entity_id", "patient_id", "clinic_id")
+    if args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow([*fields, "target", "address", "before", "after"])
+        for e in entries:
+            writer.writerow(
+                _csv_cell(v)
+                for v in (
+                    *(getattr(e, f) for f in fields),
+                    e.target,
+                    e.address,
+                    None if e.before is None else json.dumps(e.before, sort_keys=True),
+                    None if e.after is None else json.dumps(e.after, sort_keys=True),
+                )
+            )
+        return 0
+    if not entries:
+        print("No audit entries match.")
+        return 0
+
+    def details(e) -> str:  # type: ignore[no-untyped-def]
+        parts = []
+        if e.target:
+            parts.append(e.target)
+        if e.address:
+            parts.append(f"from {e.address}")
+        if e.after:
+            parts.append(json.dumps(e.after, sort_keys=True)[:80])
+        return " ".join(parts)
+
+    _table(
+        ("seq", "when (UTC)", "who", "action", "what", "patient", "details"),
+        [
+            (
+                e.seq,
+                e.at.strftime("%Y-%m-%d %H:%M:%S"),
+                e.actor,
+                e.action,
+                f"{e.entity} {e.entity_id}" if e.entity_id is not None else e.entity,
+                e.patient_id if e.patient_id is not None else "",
+                details(e),
+            )
+            for e in entries
+        ],
+    )
     return 0
 
 
@@ -165,13 +415,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        help="serve the web app (clinician page /annotate, diagram /atlas)",
+        help="serve the web app (sign-in, clinician page /annotate, researcher page /explore)",
         description="Serve tpmap's pages with a Bokeh server.",
     )
     serve.add_argument("--db", help=DB_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=5006, help="port (0 picks a free one)")
-    serve.add_argument("--user", help="name recorded with each mark (default: clinician)")
+    serve.add_argument(
+        "--secret-file",
+        help="file holding the server secret (default: $TPMAP_SECRET, else one generated in "
+        "tpmap's data directory; a non-loopback --host needs one of the first two)",
+    )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="also accept the websocket from pages served as this host (e.g. the public name "
+        "behind a proxy); repeat for several; never a wildcard",
+    )
+    serve.add_argument(
+        "--idle-hours",
+        type=float,
+        default=8.0,
+        help="sign a user out after this many hours without activity (default 8)",
+    )
+    serve.add_argument(
+        "--behind-proxy",
+        action="store_true",
+        help="behind a TLS-terminating proxy: trust X-Forwarded-* and mark cookies Secure",
+    )
     serve.add_argument(
         "--demo",
         action="store_true",
@@ -192,7 +464,70 @@ def build_parser() -> argparse.ArgumentParser:
         "--marks-per-session", type=float, default=None, help="mean marks per session"
     )
     demo.add_argument("--force", action="store_true", help="add to a non-empty database")
+    demo.add_argument("--secret-file", help=SECRET_HELP)
     demo.set_defaults(func=cmd_demo)
+
+    user = sub.add_parser(
+        "user",
+        help="add, list, disable or re-password accounts",
+        description=(
+            "Manage who can sign in. Roles: clinician (records and sees the patients of their "
+            "clinics), researcher (/explore and exports only), admin (manages accounts). "
+            "Passwords are asked without echo, or read from standard input."
+        ),
+    )
+    user_sub = user.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add = user_sub.add_parser("add", help="create an account")
+    add.add_argument("name")
+    add.add_argument("--role", action="append", choices=ROLES, required=True, help="repeatable")
+    add.add_argument("--clinic", action="append", help="clinic name (repeatable)")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    user_sub.add_parser("list", help="list accounts")
+    for action, text in (
+        ("disable", "disable an account (signed out everywhere at once)"),
+        ("enable", "enable a disabled account"),
+    ):
+        user_sub.add_parser(action, help=text).add_argument("name")
+    passwd = user_sub.add_parser("passwd", help="set a new password")
+    passwd.add_argument("name")
+    passwd.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    for p in user_sub.choices.values():
+        p.add_argument("--db", help=DB_HELP)
+        p.add_argument("--secret-file", help=SECRET_HELP)
+        p.set_defaults(func=cmd_user, password_stdin=False)
+
+    clinic = sub.add_parser("clinic", help="add or list clinics")
+    clinic_sub = clinic.add_subparsers(dest="action", metavar="ACTION", required=True)
+    clinic_sub.add_parser("add", help="create a clinic").add_argument("name")
+    clinic_sub.add_parser("list", help="list clinics")
+    for p in clinic_sub.choices.values():
+        p.add_argument("--db", help=DB_HELP)
+        p.add_argument("--secret-file", help=SECRET_HELP)
+        p.set_defaults(func=cmd_clinic)
+
+    audit = sub.add_parser(
+        "audit",
+        help="list the audit trail, or verify its hash chain",
+        description=(
+            "Every change, sign-in, account change and export, with who, when and the values "
+            "before and after. 'tpmap audit verify' checks the tamper-evident hash chain."
+        ),
+    )
+    audit.add_argument("action", nargs="?", choices=("list", "verify"), default="list")
+    audit.add_argument("--db", help=DB_HELP)
+    audit.add_argument("--secret-file", help=SECRET_HELP)
+    audit.add_argument("--user", help="only this person's entries")
+    audit.add_argument("--patient", help="only entries about this patient code")
+    audit.add_argument(
+        "--action", dest="action_filter", help="only this action (create, sign_in, export ...)"
+    )
+    audit.add_argument("--from", dest="date_from", help="from this date (YYYY-MM-DD, UTC)")
+    audit.add_argument("--to", dest="date_to", help="up to this date, inclusive")
+    audit.add_argument("--limit", type=int, help="only the newest N entries")
+    audit.add_argument("--csv", action="store_true", help="CSV on standard output")
+    audit.set_defaults(func=cmd_audit)
 
     atlas = sub.add_parser(
         "atlas",
@@ -257,7 +592,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]  # like datasette: the default is to serve
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    from tpmap.store import AuditKeyError
+
+    try:
+        return int(args.func(args) or 0)
+    except AuditKeyError as exc:
+        # A message for the operator (which secret to use), not a traceback.
+        return _fail(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,11 +48,16 @@ from tpmap.atlas import Atlas, load_atlas
 __all__ = [
     "CONDITION_MIX",
     "DEFAULT_START",
+    "DEMO_ACCOUNTS",
+    "DEMO_CLINICS",
+    "DEMO_PASSWORD",
     "PLANS",
     "SITES",
     "DemoSummary",
     "MuscleGroup",
     "Site",
+    "create_demo_accounts",
+    "demo_accounts_text",
     "generate_demo",
     "site_centres",
 ]
@@ -64,6 +69,19 @@ ENROLMENT_DAYS = 548
 
 _USER = "demo"
 _CLINICIANS = ("demo-pt-a", "demo-pt-b", "demo-pt-c", "demo-pt-d", "demo-pt-e")
+
+#: The demo cohort's clinics; demo patients are dealt to them in turn.
+DEMO_CLINICS: tuple[str, ...] = ("North clinic", "South clinic", "West clinic")
+#: The password of every demo account (a demo database only: never a real one).
+DEMO_PASSWORD = "tpmap-demo-password"
+#: (name, roles, clinics) of the demo accounts.
+DEMO_ACCOUNTS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("anna", ("clinician",), ("North clinic",)),
+    ("ben", ("clinician",), ("South clinic",)),
+    ("carla", ("clinician", "researcher"), ("North clinic", "West clinic")),
+    ("rosa", ("researcher",), ()),
+    ("adam", ("admin",), ()),
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -797,7 +815,11 @@ def generate_demo(
         )
     marks = _mark_rows(atlas, targets, rng, entries, entry_condition, mark_entry)
 
-    # Write, parents first, mapping list positions to the new ids.
+    # Write, parents first, mapping list positions to the new ids. Patients are dealt to the
+    # demo clinics in turn (no random draw, so a seed still means the same cohort).
+    clinic_ids = _demo_clinics(store)
+    for p, row in enumerate(patient_rows):
+        row["clinic_id"] = clinic_ids[(first_number + p - 1) % len(clinic_ids)]
     patient_ids = store.bulk_insert_patients(patient_rows, user=_USER)
     for row, pid in zip(episode_rows, patient_ids, strict=True):
         row["patient_id"] = pid
@@ -831,6 +853,38 @@ def generate_demo(
         adverse_events=n_ae,
         outcomes=n_out,
     )
+
+
+def _demo_clinics(store: Any) -> list[int]:
+    """The ids of :data:`DEMO_CLINICS`, created when missing."""
+    existing = {c.name: c.id for c in store.list_clinics()}
+    return [
+        existing[name] if name in existing else store.add_clinic(name, user=_USER).id
+        for name in DEMO_CLINICS
+    ]
+
+
+def create_demo_accounts(store: Any) -> bool:
+    """Create :data:`DEMO_ACCOUNTS` (password :data:`DEMO_PASSWORD`) in a store without accounts.
+
+    Returns True when they were created; a store that already has any account is left alone,
+    so a real clinic's database never gets accounts with a published password.
+    """
+    if store.list_users():
+        return False
+    _demo_clinics(store)
+    for name, roles, clinics in DEMO_ACCOUNTS:
+        store.add_user(name, DEMO_PASSWORD, roles=roles, clinics=clinics, user=_USER)
+    return True
+
+
+def demo_accounts_text() -> str:
+    """The demo accounts and their password, as ``make serve`` prints them."""
+    lines = [f"Demo accounts (password: {DEMO_PASSWORD}):"]
+    for name, roles, clinics in DEMO_ACCOUNTS:
+        where = f" at {', '.join(clinics)}" if clinics else ""
+        lines.append(f"  {name:<6} {' + '.join(roles)}{where}")
+    return "\n".join(lines)
 
 
 def _next_demo_number(store: Any) -> int:

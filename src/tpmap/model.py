@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
@@ -75,6 +76,7 @@ __all__ = [
     "TpStatus",
     "ValidationError",
     "View",
+    "clean_text",
     "coerce_bool",
     "coerce_float",
     "coerce_int",
@@ -470,7 +472,39 @@ def _date(value: object, name: str, *, not_future: bool = True) -> dt.date:
     return result
 
 
-def _text(value: object, name: str, max_length: int) -> str:
+# Hostile text: characters that are invisible, reorder what is shown (the "Trojan source"
+# bidirectional overrides and isolates), or that a database refuses (NUL, lone surrogates).
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_LINE_BREAKS = frozenset("\n\r\t")
+
+
+def _hostile(text: str, name: str, *, multiline: bool = False) -> None:
+    """Raise ValueError naming ``name`` when ``text`` holds a control or bidi override character."""
+    for char in text:
+        if char.isprintable() or char == " ":
+            continue
+        if multiline and char in _LINE_BREAKS:
+            continue
+        if char in _BIDI_CONTROLS:
+            raise ValueError(
+                f"{name} contains a character that reverses the text's direction: retype it"
+            )
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs"):
+            raise ValueError(f"{name} contains a control or invalid character: retype it")
+        # Other format characters (Cf: zero-width joiners, soft hyphens ...) and separators
+        # are harmless in free text but never belong in a single-line name or code.
+        if not multiline and category != "Zs":
+            raise ValueError(f"{name} contains an invisible character: retype it")
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """``value`` for a message: invisible and control characters escaped, length capped."""
+    text = str(value)[:limit]
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+
+
+def _text(value: object, name: str, max_length: int, *, multiline: bool = False) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -478,11 +512,30 @@ def _text(value: object, name: str, max_length: int) -> str:
     text = value.strip()
     if len(text) > max_length:
         raise ValueError(f"{name} is at most {max_length} characters")
+    _hostile(text, name, multiline=multiline)
     return text
 
 
-def _note(value: object) -> str:
-    return _text(value, "Note", MAX_NOTE_LENGTH)
+def clean_text(
+    value: object, label: str, max_length: int, *, multiline: bool = False, strip: bool = True
+) -> str:
+    """Text of at most ``max_length`` characters without control or bidi override characters.
+
+    For names and labels outside the clinical records (accounts, clinics); raises
+    :class:`ValidationError` with a message naming ``label``.
+
+    >>> clean_text(" North clinic ", "Clinic name", 100)
+    'North clinic'
+    """
+    try:
+        if strip:
+            return _text(value, label, max_length, multiline=multiline)
+        if not isinstance(value, str):
+            raise ValueError(f"{label} must be text")
+        _hostile(value, label, multiline=multiline)
+        return value
+    except ValueError as exc:
+        raise ValidationError({label.lower().replace(" ", "_"): str(exc)}) from None
 
 
 ESTIM_FIELDS: tuple[str, ...] = ("estim_frequency_hz", "estim_intensity_ma", "estim_duration_min")
@@ -524,6 +577,8 @@ class FieldSpec:
         The field's name in messages when it differs from the label (``NPRS``).
     empty
         What a blank text becomes (``""`` for notes; ``None`` otherwise).
+    multiline
+        Text that may hold line breaks and tabs (notes).
     parse
         A rule replacing the kind's own (patient codes, muscle ids).
 
@@ -550,6 +605,7 @@ class FieldSpec:
     max_length: int | None = None
     noun: str | None = None
     empty: str | None = None
+    multiline: bool = False
     parse: Callable[[object], Any] | None = None
 
     @property
@@ -637,7 +693,12 @@ class FieldSpec:
         if kind == "date":
             return None if _blank(value) else _date(value, self.noun or self.label)
         if kind == "text":
-            text = _text(value, self.noun or self.label, self.max_length or MAX_NOTE_LENGTH)
+            text = _text(
+                value,
+                self.noun or self.label,
+                self.max_length or MAX_NOTE_LENGTH,
+                multiline=self.multiline,
+            )
             return text or self.empty
         raise TypeError(f"field {self.name} of kind {kind} needs a parse rule")
 
@@ -668,7 +729,7 @@ def _text_spec(name: str, label: str, max_length: int, **kw: Any) -> FieldSpec:
 
 
 def _note_spec() -> FieldSpec:
-    return _text_spec("note", "Note", MAX_NOTE_LENGTH, empty="")
+    return _text_spec("note", "Note", MAX_NOTE_LENGTH, empty="", multiline=True)
 
 
 _MUSCLE_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -695,6 +756,9 @@ def _code(value: object) -> str | None:
     if not isinstance(value, str):
         raise ValueError("Patient code must be text such as P-0042")
     text = value.strip()
+    if len(text) > 32:
+        raise ValueError("Patient code is at most 32 characters, such as P-0042")
+    _hostile(text, "Patient code")
     if " " in text or "," in text:
         raise ValueError(_CODE_NAME_MESSAGE)
     if not _CODE.match(text):
@@ -850,7 +914,7 @@ def _apply(
     cleaned: dict[str, Any] = {}
     for key in raw:
         if key not in specs:
-            errors[key] = f"Unknown field: {key}"
+            errors[key] = f"Unknown field: {_shown(key)}"
     names = [k for k in specs if k in raw] if partial else list(specs)
     for name in names:
         value = raw.get(name)

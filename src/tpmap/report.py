@@ -8,8 +8,8 @@ atlas polygons, so the HTML needs no script and prints as it shows.
 
 Examples
 --------
->>> from tpmap.store import open_store
->>> store = open_store("sqlite://")
+>>> from tpmap.store import Store
+>>> store = Store("sqlite://", secret="an example secret of at least 32 characters")
 >>> patient = store.create_patient({"code": "P-0042"}, "ab")
 >>> episode = store.create_episode(patient.id, {"condition": "patellofemoral_pain",
 ...     "affected_side": "right", "start_date": "2026-01-05"}, "ab")

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "AdverseEvent",
+    "Clinic",
     "Episode",
     "Mark",
     "MarkChange",
@@ -18,12 +19,45 @@ __all__ = [
     "Patient",
     "PressurePainThreshold",
     "SessionRecord",
+    "SignInError",
+    "UserAccount",
     "record_from_row",
 ]
 
 
 class NotFoundError(LookupError):
-    """Raised when an id does not name a stored record."""
+    """Raised when an id does not name a stored record (or one the user may not see)."""
+
+
+class SignInError(ValueError):
+    """A refused sign-in; the message is fit to show on the sign-in page."""
+
+    def __init__(self, message: str, *, throttled: bool = False) -> None:
+        super().__init__(message)
+        self.throttled = throttled
+
+
+@dataclass(frozen=True, slots=True)
+class Clinic:
+    """A clinic: patients belong to one, clinicians to one or more."""
+
+    id: int
+    name: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UserAccount:
+    """An account as ``tpmap user list`` shows it (never its password hash)."""
+
+    id: int
+    name: str
+    roles: tuple[str, ...]
+    clinics: tuple[str, ...]
+    clinic_ids: tuple[int, ...]
+    active: bool
+    created_at: dt.datetime
+    created_by: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +69,7 @@ class Patient:
     sex: str
     birth_year: int | None
     created_at: dt.datetime
+    clinic_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +152,7 @@ class PressurePainThreshold:
     site: str
     side: str | None
     kg_cm2: float
+    deleted_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +164,7 @@ class AdverseEvent:
     type: str
     severity: str
     note: str
+    deleted_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +176,7 @@ class Outcome:
     instrument: str
     score: float
     date: dt.date
+    deleted_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,15 @@
-"""The Store: every read and write of tpmap's clinical record.
+"""The Store: every read and write of tpmap's clinical record, accounts and audit trail.
 
 Each public method opens its own connection from the engine and commits before it returns,
 so a Store may be shared between threads (the web page calls it from a worker thread).
 Every mutating method validates through :mod:`tpmap.model` first: bad input raises
 :class:`~tpmap.model.ValidationError` and leaves the database unchanged.
+
+Every change is written to the audit trail in the same transaction (see
+:mod:`tpmap.store._audit`). A method's ``user`` is either a name (the command line, imports,
+scripts: unscoped) or a :class:`~tpmap.auth.Principal` (a signed-in user: the account must be
+an active clinician, and every id must belong to one of their clinics, checked in the same
+transaction; anything else is "not found"). :meth:`Store.scoped` binds a principal.
 """
 
 from __future__ import annotations
@@ -11,18 +17,31 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Engine, Table, case, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    Engine,
+    Table,
+    case,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import URL, Connection, RowMapping, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
-from tpmap import model
+from tpmap import auth, model
+from tpmap.auth import AccessDenied, Principal, Secret
 from tpmap.model import ValidationError
-from tpmap.store import _migrate
+from tpmap.store import _audit, _migrate
+from tpmap.store._accounts import AccountsMixin
+from tpmap.store._common import printable, user_name
 from tpmap.store._engine import WRITE_OPTION, default_database_url, make_engine
 from tpmap.store._records import (
     AdverseEvent,
@@ -38,17 +57,26 @@ from tpmap.store._records import (
 )
 from tpmap.store.schema import (
     AdverseEventRow,
+    ClinicRow,
     EpisodeRow,
+    LoginSessionRow,
     MarkChangeRow,
     MarkRow,
     OutcomeMeasureRow,
     PatientRow,
     PressurePainThresholdRow,
     SessionRow,
+    UserClinicRow,
+    UserRow,
     utcnow,
 )
 
+if TYPE_CHECKING:
+    from tpmap.store._scoped import ScopedStore
+
 __all__ = ["Store", "open_store"]
+
+log = logging.getLogger("tpmap.store")
 
 _patients: Table = PatientRow.__table__  # type: ignore[assignment]
 _episodes: Table = EpisodeRow.__table__  # type: ignore[assignment]
@@ -58,6 +86,10 @@ _changes: Table = MarkChangeRow.__table__  # type: ignore[assignment]
 _ppts: Table = PressurePainThresholdRow.__table__  # type: ignore[assignment]
 _adverse: Table = AdverseEventRow.__table__  # type: ignore[assignment]
 _outcomes: Table = OutcomeMeasureRow.__table__  # type: ignore[assignment]
+_clinics: Table = ClinicRow.__table__  # type: ignore[assignment]
+_users: Table = UserRow.__table__  # type: ignore[assignment]
+_user_clinics: Table = UserClinicRow.__table__  # type: ignore[assignment]
+_logins: Table = LoginSessionRow.__table__  # type: ignore[assignment]
 
 # Fields of a mark that a change can touch, i.e. everything MarkInput carries.
 _MARK_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(model.MarkInput))
@@ -65,14 +97,70 @@ _MARK_SELECT = select(*_marks.c, _sessions.c.date.label("session_date")).join(
     _sessions, _sessions.c.id == _marks.c.session_id
 )
 _CHUNK = 10_000
+# What each kind of id is, how to reach its patient, and the words for it.
+_KINDS: dict[str, tuple[Table, str]] = {
+    "patient": (_patients, "patient"),
+    "episode": (_episodes, "episode"),
+    "session": (_sessions, "session"),
+    "mark": (_marks, "mark"),
+    "pressure_pain_threshold": (_ppts, "pressure pain threshold"),
+    "adverse_event": (_adverse, "adverse event"),
+    "outcome": (_outcomes, "outcome"),
+}
 
-_I = TypeVar("_I")
+
+def _owner_select(kind: str, ident: int) -> Any:
+    """SELECT patient_id, clinic_id of the record ``kind`` ``ident`` (one indexed join)."""
+    p, e, s = _patients, _episodes, _sessions
+    if kind == "patient":
+        return select(p.c.id, p.c.clinic_id).where(p.c.id == ident)
+    if kind in ("episode", "outcome"):
+        if kind == "episode":
+            base = select(p.c.id, p.c.clinic_id).select_from(e).where(e.c.id == ident)
+        else:
+            o = _outcomes
+            base = (
+                select(p.c.id, p.c.clinic_id)
+                .select_from(o)
+                .join(e, e.c.id == o.c.episode_id)
+                .where(o.c.id == ident)
+            )
+        return base.join(p, p.c.id == e.c.patient_id)
+    if kind == "session":
+        stmt = select(p.c.id, p.c.clinic_id).select_from(s).where(s.c.id == ident)
+    else:
+        child = _KINDS[kind][0]
+        stmt = (
+            select(p.c.id, p.c.clinic_id)
+            .select_from(child)
+            .join(s, s.c.id == child.c.session_id)
+            .where(child.c.id == ident)
+        )
+    return stmt.join(e, e.c.id == s.c.episode_id).join(p, p.c.id == e.c.patient_id)
 
 
-def _user(user: str) -> str:
-    if not isinstance(user, str) or not user.strip():
-        raise ValidationError({"user": "Sign in first: every change records who made it"})
-    return user.strip()[:100]
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Actor:
+    """Who is acting, and (for a signed-in principal) which clinics they may touch."""
+
+    name: str
+    clinics: frozenset[int] | None  # None: unscoped (command line, imports, scripts)
+
+
+def _row_values(row: Mapping[str, Any], skip: Sequence[str] = ("id",)) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in skip}
+
+
+def _ident(value: object, kind: str) -> int:
+    """An id from outside (a page, a file) as a positive int; anything else is not found."""
+    if type(value) is int and 0 < value < 2**63:
+        return value
+    if type(value) is int:  # zero, negative, or beyond any database integer
+        raise NotFoundError(f"No {_KINDS[kind][1]} with id {printable(repr(value), 40)}")
+    try:
+        return _int_id(value, f"{kind}_id")
+    except ValidationError:
+        raise NotFoundError(f"No {_KINDS[kind][1]} with id {printable(repr(value), 40)}") from None
 
 
 def _fields(
@@ -92,6 +180,9 @@ def _json(values: Mapping[str, Any] | None) -> str | None:
 
 def _muscle_words(row: Mapping[str, Any]) -> str:
     return f"{row['side']} {str(row['muscle']).replace('_', ' ')}"
+
+
+_I = TypeVar("_I")
 
 
 def _chunks(rows: Iterable[_I], size: int) -> Iterator[list[_I]]:
@@ -184,7 +275,7 @@ def _executemany(
         cursor.close()
 
 
-class Store:
+class Store(AccountsMixin):
     """The tpmap database: patients, episodes, sessions, marks and what came of them.
 
     Parameters
@@ -193,13 +284,29 @@ class Store:
         SQLAlchemy URL; default :func:`default_database_url`.
     migrate
         Apply the shipped migrations on open (idempotent).
+    secret
+        The server secret, which keys the audit trail's hash chain. By default it is found
+        (on the first change) as :func:`tpmap.auth.load_secret` finds it: ``TPMAP_SECRET``,
+        else the file in tpmap's data directory (generated there once).
     """
 
-    def __init__(self, url: str | URL | None = None, *, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        url: str | URL | None = None,
+        *,
+        migrate: bool = True,
+        secret: Secret | bytes | str | None = None,
+    ) -> None:
         self.url: URL = make_url(url if url is not None else default_database_url())
         self._engine: Engine = make_engine(self.url)
         # Same pool, but marked so that SQLite begins write transactions IMMEDIATE.
         self._writer: Engine = self._engine.execution_options(**{WRITE_OPTION: True})
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if isinstance(secret, bytes):
+            secret = Secret(secret, "given", explicit=True)
+        self._secret: Secret | None = secret
+        self._audit_key: bytes | None = None
         if migrate:
             _migrate.upgrade(self._writer)
 
@@ -233,6 +340,15 @@ class Store:
         with self._engine.connect() as conn:
             yield conn
 
+    def _key(self) -> bytes:
+        if self._audit_key is None:
+            secret = self._secret or auth.load_secret()
+            self._audit_key = secret.key("audit")
+        return self._audit_key
+
+    def _audit(self, conn: Connection, actor: str, action: str, entity: str, **kw: Any) -> None:
+        _audit.append(conn, self._key(), actor=actor, action=action, entity=entity, **kw)
+
     @staticmethod
     def _one(conn: Connection, stmt: Any, what: str, ident: int) -> RowMapping:
         row = conn.execute(stmt).mappings().first()
@@ -249,15 +365,99 @@ class Store:
     def _require(self, conn: Connection, table: Table, ident: int, what: str) -> RowMapping:
         return self._one(conn, select(table).where(table.c.id == ident), what, ident)
 
+    # -- who is acting, and what they may touch ---------------------------------------------
+
+    def _actor(self, conn: Connection, user: str | Principal) -> _Actor:
+        """The actor for ``user``; a principal is checked against the accounts in ``conn``."""
+        if not isinstance(user, Principal):
+            return _Actor(user_name(user), None)
+        row = (
+            conn.execute(
+                select(_users.c.id, _users.c.name, _users.c.roles, _users.c.active).where(
+                    _users.c.name_key == user.name.lower()
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None or not row["active"]:
+            raise AccessDenied("This account is disabled or unknown: sign in again")
+        if user.login_id is not None:
+            ended = conn.execute(
+                select(_logins.c.ended_at).where(
+                    _logins.c.id == user.login_id, _logins.c.user_id == row["id"]
+                )
+            ).first()
+            if ended is None or ended[0] is not None:
+                raise AccessDenied("You were signed out: sign in again")
+        if auth.Role.CLINICIAN not in row["roles"].split(","):
+            raise AccessDenied("Only clinicians see and record patients")
+        clinics = conn.execute(
+            select(_user_clinics.c.clinic_id).where(_user_clinics.c.user_id == row["id"])
+        ).scalars()
+        return _Actor(row["name"], frozenset(clinics))
+
+    def _owner(
+        self, conn: Connection, actor: _Actor | None, kind: str, ident: int
+    ) -> tuple[int, int]:
+        """(patient_id, clinic_id) of a record; NotFoundError if absent or out of scope."""
+        row = conn.execute(_owner_select(kind, ident)).first()
+        if row is None or (
+            actor is not None and actor.clinics is not None and row[1] not in actor.clinics
+        ):
+            raise NotFoundError(f"No {_KINDS[kind][1]} with id {ident}")
+        return row[0], row[1]
+
+    def _scope(self, conn: Connection, scope: Principal | None) -> _Actor | None:
+        return None if scope is None else self._actor(conn, scope)
+
+    def _default_clinic(self, conn: Connection, actor: _Actor, clinic_id: object) -> int:
+        if clinic_id is not None:
+            try:
+                ident = _int_id(clinic_id, "clinic_id")
+            except ValidationError:
+                raise ValidationError({"clinic_id": "Choose one of your clinics"}) from None
+            if actor.clinics is not None and ident not in actor.clinics:
+                raise ValidationError({"clinic_id": "Choose one of your clinics"})
+            if conn.execute(select(_clinics.c.id).where(_clinics.c.id == ident)).first() is None:
+                raise ValidationError({"clinic_id": "No such clinic"})
+            return ident
+        if actor.clinics is not None:
+            if len(actor.clinics) == 1:
+                return next(iter(actor.clinics))
+            if not actor.clinics:
+                raise AccessDenied("Your account belongs to no clinic: ask an administrator")
+            raise ValidationError({"clinic_id": "Choose the clinic this patient belongs to"})
+        first = conn.execute(select(func.min(_clinics.c.id))).scalar()
+        if first is None:
+            raise ValidationError({"clinic_id": "Create a clinic first (tpmap clinic add)"})
+        return int(first)
+
+    def scoped(self, principal: Principal) -> ScopedStore:
+        """The clinical record as ``principal`` may see and change it (see :class:`ScopedStore`)."""
+        from tpmap.store._scoped import ScopedStore
+
+        return ScopedStore(self, principal)
+
     # -- patients ------------------------------------------------------------------------------
 
-    def create_patient(self, patient: model.PatientInput | Mapping[str, Any], user: str) -> Patient:
-        """Create a patient; the code must be new (compared case-insensitively)."""
+    def create_patient(
+        self,
+        patient: model.PatientInput | Mapping[str, Any],
+        user: str | Principal,
+        *,
+        clinic_id: int | None = None,
+    ) -> Patient:
+        """Create a patient in a clinic; the code must be new (compared case-insensitively).
+
+        Without ``clinic_id``: the principal's only clinic, or (unscoped) the first clinic.
+        """
         values = _fields(patient, model.validate_patient_fields)
-        who = _user(user)
         duplicate = {"code": f"Patient code {values['code']} is already in use"}
         try:
             with self._write() as conn:
+                actor = self._actor(conn, user)
+                clinic = self._default_clinic(conn, actor, clinic_id)
                 taken = conn.execute(
                     select(_patients.c.code).where(
                         func.lower(_patients.c.code) == values["code"].lower()
@@ -268,35 +468,56 @@ class Store:
                 row = (
                     conn.execute(
                         insert(_patients)
-                        .values(**values, created_at=utcnow(), created_by=who)
+                        .values(
+                            **values, clinic_id=clinic, created_at=utcnow(), created_by=actor.name
+                        )
                         .returning(*_patients.c)
                     )
                     .mappings()
                     .one()
+                )
+                self._audit(
+                    conn,
+                    actor.name,
+                    "create",
+                    "patient",
+                    entity_id=row["id"],
+                    patient_id=row["id"],
+                    clinic_id=clinic,
+                    after=_row_values(row),
                 )
         except IntegrityError:
             # Another writer took the code between our check and our insert (PostgreSQL).
             raise ValidationError(duplicate) from None
         return record_from_row(Patient, row)
 
-    def get_patient(self, patient_id: int) -> Patient:
+    def get_patient(self, patient_id: int, *, scope: Principal | None = None) -> Patient:
         """The patient with this id (NotFoundError if none)."""
+        patient_id = _ident(patient_id, "patient")
         with self._read() as conn:
+            self._owner(conn, self._scope(conn, scope), "patient", patient_id)
             return record_from_row(Patient, self._require(conn, _patients, patient_id, "patient"))
 
-    def patient_by_code(self, code: str) -> Patient | None:
+    def patient_by_code(self, code: str, *, scope: Principal | None = None) -> Patient | None:
         """The patient with this code (case-insensitive), or None."""
+        if not isinstance(code, str):
+            return None
         stmt = select(_patients).where(func.lower(_patients.c.code) == code.strip().lower())
         with self._read() as conn:
+            actor = self._scope(conn, scope)
+            if actor is not None:
+                stmt = stmt.where(_patients.c.clinic_id.in_(actor.clinics or ()))
             row = conn.execute(stmt).mappings().first()
         return None if row is None else record_from_row(Patient, row)
 
-    def find_patients(self, query: str = "", limit: int = 20) -> list[Patient]:
+    def find_patients(
+        self, query: str = "", limit: int = 20, *, scope: Principal | None = None
+    ) -> list[Patient]:
         """Patients whose code contains ``query`` (case-insensitive), prefix matches first.
 
         An empty query lists the most recently created patients.
         """
-        text = (query or "").strip().lower()
+        text = (query if isinstance(query, str) else "").strip().lower()[:64]
         limit = max(1, min(int(limit), 1000))
         code = func.lower(_patients.c.code)
         stmt = select(_patients).limit(limit)
@@ -307,96 +528,155 @@ class Store:
         else:
             stmt = stmt.order_by(_patients.c.created_at.desc(), _patients.c.id.desc())
         with self._read() as conn:
+            actor = self._scope(conn, scope)
+            if actor is not None:
+                stmt = stmt.where(_patients.c.clinic_id.in_(actor.clinics or ()))
             return [record_from_row(Patient, r) for r in conn.execute(stmt).mappings()]
 
     # -- episodes ------------------------------------------------------------------------------
 
     def create_episode(
-        self, patient_id: int, episode: model.EpisodeInput | Mapping[str, Any], user: str
+        self,
+        patient_id: int,
+        episode: model.EpisodeInput | Mapping[str, Any],
+        user: str | Principal,
     ) -> Episode:
         """Open an episode of care for a patient."""
+        patient_id = _ident(patient_id, "patient")
         values = _fields(episode, model.validate_episode_fields)
-        who = _user(user)
         with self._write() as conn:
-            self._require(conn, _patients, patient_id, "patient")
+            actor = self._actor(conn, user)
+            pid, cid = self._owner(conn, actor, "patient", patient_id)
             row = (
                 conn.execute(
                     insert(_episodes)
-                    .values(**values, patient_id=patient_id, created_at=utcnow(), created_by=who)
+                    .values(**values, patient_id=pid, created_at=utcnow(), created_by=actor.name)
                     .returning(*_episodes.c)
                 )
                 .mappings()
                 .one()
             )
+            self._audit(
+                conn,
+                actor.name,
+                "create",
+                "episode",
+                entity_id=row["id"],
+                patient_id=pid,
+                clinic_id=cid,
+                after=_row_values(row),
+            )
         return record_from_row(Episode, row)
 
-    def get_episode(self, episode_id: int) -> Episode:
+    def get_episode(self, episode_id: int, *, scope: Principal | None = None) -> Episode:
         """The episode with this id."""
+        episode_id = _ident(episode_id, "episode")
         with self._read() as conn:
+            self._owner(conn, self._scope(conn, scope), "episode", episode_id)
             return record_from_row(Episode, self._require(conn, _episodes, episode_id, "episode"))
 
-    def list_episodes(self, patient_id: int) -> list[Episode]:
+    def list_episodes(self, patient_id: int, *, scope: Principal | None = None) -> list[Episode]:
         """A patient's episodes, oldest first."""
+        patient_id = _ident(patient_id, "patient")
         stmt = (
             select(_episodes)
             .where(_episodes.c.patient_id == patient_id)
             .order_by(_episodes.c.start_date, _episodes.c.id)
         )
         with self._read() as conn:
+            if scope is not None:
+                self._owner(conn, self._scope(conn, scope), "patient", patient_id)
             return [record_from_row(Episode, r) for r in conn.execute(stmt).mappings()]
 
     # -- sessions ------------------------------------------------------------------------------
 
     def create_session(
-        self, episode_id: int, session: model.SessionInput | Mapping[str, Any], user: str
+        self,
+        episode_id: int,
+        session: model.SessionInput | Mapping[str, Any],
+        user: str | Principal,
     ) -> SessionRecord:
         """Record a treatment session in an episode."""
+        episode_id = _ident(episode_id, "episode")
         values = _fields(session, model.validate_session_fields)
-        who = _user(user)
         with self._write() as conn:
-            self._require(conn, _episodes, episode_id, "episode")
+            actor = self._actor(conn, user)
+            pid, cid = self._owner(conn, actor, "episode", episode_id)
             row = (
                 conn.execute(
                     insert(_sessions)
-                    .values(**values, episode_id=episode_id, created_at=utcnow(), created_by=who)
+                    .values(
+                        **values, episode_id=episode_id, created_at=utcnow(), created_by=actor.name
+                    )
                     .returning(*_sessions.c)
                 )
                 .mappings()
                 .one()
             )
+            self._audit(
+                conn,
+                actor.name,
+                "create",
+                "session",
+                entity_id=row["id"],
+                patient_id=pid,
+                clinic_id=cid,
+                after=_row_values(row),
+            )
         return record_from_row(SessionRecord, row)
 
     def update_session(
-        self, session_id: int, fields: Mapping[str, Any], user: str
+        self, session_id: int, fields: Mapping[str, Any], user: str | Principal
     ) -> SessionRecord:
         """Change some fields of a session (e.g. NPRS after treatment)."""
+        session_id = _ident(session_id, "session")
         changes = model.validate_session_fields(fields, partial=True)
-        who = _user(user)
         with self._write() as conn:
-            self._lock_session(conn, session_id)
-            if changes:
+            actor = self._actor(conn, user)
+            pid, cid = self._owner(conn, actor, "session", session_id)
+            current = self._lock_session(conn, session_id)
+            changed = {k: v for k, v in changes.items() if current[k] != v}
+            if changed:
                 conn.execute(
                     update(_sessions)
                     .where(_sessions.c.id == session_id)
-                    .values(**changes, updated_at=utcnow(), updated_by=who)
+                    .values(**changed, updated_at=utcnow(), updated_by=actor.name)
+                )
+                self._audit(
+                    conn,
+                    actor.name,
+                    "update",
+                    "session",
+                    entity_id=session_id,
+                    patient_id=pid,
+                    clinic_id=cid,
+                    before={k: current[k] for k in changed},
+                    after=changed,
                 )
             row = self._require(conn, _sessions, session_id, "session")
         return record_from_row(SessionRecord, row)
 
-    def get_session(self, session_id: int) -> SessionRecord:
+    def get_session(self, session_id: int, *, scope: Principal | None = None) -> SessionRecord:
         """The session with this id."""
+        session_id = _ident(session_id, "session")
         with self._read() as conn:
+            self._owner(conn, self._scope(conn, scope), "session", session_id)
             row = self._require(conn, _sessions, session_id, "session")
         return record_from_row(SessionRecord, row)
 
-    def list_sessions(self, episode_id: int) -> list[SessionRecord]:
+    def list_sessions(
+        self, episode_id: int, *, scope: Principal | None = None
+    ) -> list[SessionRecord]:
         """An episode's sessions, oldest first."""
+        episode_id = _ident(episode_id, "episode")
         stmt = (
             select(_sessions)
             .where(_sessions.c.episode_id == episode_id)
             .order_by(_sessions.c.date, _sessions.c.id)
         )
         with self._read() as conn:
+            if scope is not None:
+                self._owner(conn, self._scope(conn, scope), "episode", episode_id)
             return [record_from_row(SessionRecord, r) for r in conn.execute(stmt).mappings()]
 
     # -- marks ---------------------------------------------------------------------------------
@@ -412,6 +692,7 @@ class Store:
         before: Mapping[str, Any] | None,
         after: Mapping[str, Any] | None,
         who: str,
+        owner: tuple[int, int],
         undo_of: int | None = None,
     ) -> None:
         conn.execute(
@@ -426,29 +707,45 @@ class Store:
                 undo_of=undo_of,
             )
         )
+        self._audit(
+            conn,
+            who,
+            action if undo_of is None else "undo",
+            "mark",
+            entity_id=mark["id"],
+            patient_id=owner[0],
+            clinic_id=owner[1],
+            before=before,
+            after=after,
+        )
 
     def add_mark(
-        self, session_id: int, mark: model.MarkInput | Mapping[str, Any], user: str
+        self, session_id: int, mark: model.MarkInput | Mapping[str, Any], user: str | Principal
     ) -> Mark:
         """Store a needled point in a session; committed when this returns."""
+        session_id = _ident(session_id, "session")
         values = _fields(mark, model.validate_mark_fields)
-        who = _user(user)
         with self._write() as conn:
+            actor = self._actor(conn, user)
+            owner = self._owner(conn, actor, "session", session_id)
             self._lock_session(conn, session_id)
             mark_id = conn.execute(
                 insert(_marks)
-                .values(**values, session_id=session_id, created_at=utcnow(), created_by=who)
+                .values(**values, session_id=session_id, created_at=utcnow(), created_by=actor.name)
                 .returning(_marks.c.id)
             ).scalar_one()
             row = self._mark_row(conn, mark_id)
-            self._log(conn, row, "create", None, values, who)
+            self._log(conn, row, "create", None, values, actor.name, owner)
         return record_from_row(Mark, row)
 
-    def _locked_mark(self, conn: Connection, mark_id: int) -> RowMapping:
+    def _locked_mark(
+        self, conn: Connection, actor: _Actor, mark_id: int
+    ) -> tuple[RowMapping, tuple[int, int]]:
+        owner = self._owner(conn, actor, "mark", mark_id)
         session_id = self._mark_row(conn, mark_id)["session_id"]
         self._lock_session(conn, session_id)
         # Re-read under the lock: another writer may have changed it meanwhile.
-        return self._mark_row(conn, mark_id)
+        return self._mark_row(conn, mark_id), owner
 
     def _change_mark(
         self,
@@ -457,6 +754,7 @@ class Store:
         requested: Mapping[str, Any],
         action: str,
         who: str,
+        owner: tuple[int, int],
         undo_of: int | None = None,
     ) -> bool:
         """Validate the merged mark, write the changed fields and log them; True if changed."""
@@ -471,7 +769,7 @@ class Store:
             .values(**changed, updated_at=utcnow(), updated_by=who)
         )
         before = {k: current[k] for k in changed}
-        self._log(conn, current, action, before, changed, who, undo_of)
+        self._log(conn, current, action, before, changed, who, owner, undo_of)
         return True
 
     @staticmethod
@@ -479,27 +777,28 @@ class Store:
         if row["deleted_at"] is not None:
             raise ValidationError({"mark": "This mark was deleted: restore it before changing it"})
 
-    def update_mark(self, mark_id: int, fields: Mapping[str, Any], user: str) -> Mark:
+    def update_mark(self, mark_id: int, fields: Mapping[str, Any], user: str | Principal) -> Mark:
         """Change some fields of a mark (validated together with the rest of the mark).
 
         Setting ``muscle`` by hand marks the muscle as overridden, unless ``fields`` says
         otherwise. Use :meth:`move_mark` for a new position.
         """
+        mark_id = _ident(mark_id, "mark")
         unknown = [name for name in fields if name not in _MARK_FIELDS]
         if unknown:
             raise ValidationError({name: f"Unknown field: {name}" for name in unknown})
-        who = _user(user)
         # Check the fields on their own first so that messages name what the user typed.
         requested = model.validate_mark_fields(fields, partial=True)
         with self._write() as conn:
-            current = self._locked_mark(conn, mark_id)
+            actor = self._actor(conn, user)
+            current, owner = self._locked_mark(conn, actor, mark_id)
             self._not_deleted(current)
             if "muscle" in requested and "muscle_overridden" not in requested:
                 requested["muscle_overridden"] = requested["muscle"] != current["muscle"] or bool(
                     current["muscle_overridden"]
                 )
-            self._change_mark(conn, current, requested, "update", who)
-            row = self._mark_row(conn, mark_id)
+            self._change_mark(conn, current, requested, "update", actor.name, owner)
+            row = self._mark_row(conn, current["id"])
         return record_from_row(Mark, row)
 
     def move_mark(
@@ -510,11 +809,12 @@ class Store:
         muscle: str,
         side: str,
         layer: str,
-        user: str,
+        user: str | Principal,
         *,
         view: str | None = None,
     ) -> Mark:
         """Move a mark; the muscle comes from the atlas again (no longer overridden)."""
+        mark_id = _ident(mark_id, "mark")
         requested: dict[str, Any] = {
             "x": x,
             "y": y,
@@ -525,13 +825,13 @@ class Store:
         }
         if view is not None:
             requested["view"] = view
-        who = _user(user)
         model.validate_mark_fields(requested, partial=True)
         with self._write() as conn:
-            current = self._locked_mark(conn, mark_id)
+            actor = self._actor(conn, user)
+            current, owner = self._locked_mark(conn, actor, mark_id)
             self._not_deleted(current)
-            self._change_mark(conn, current, requested, "move", who)
-            row = self._mark_row(conn, mark_id)
+            self._change_mark(conn, current, requested, "move", actor.name, owner)
+            row = self._mark_row(conn, current["id"])
         return record_from_row(Mark, row)
 
     def _set_deleted(
@@ -540,6 +840,7 @@ class Store:
         current: Mapping[str, Any],
         deleted: bool,
         who: str,
+        owner: tuple[int, int],
         undo_of: int | None = None,
     ) -> bool:
         if (current["deleted_at"] is not None) == deleted:
@@ -555,26 +856,31 @@ class Store:
         conn.execute(update(_marks).where(_marks.c.id == current["id"]).values(**values))
         old = current["deleted_at"].isoformat() if current["deleted_at"] else None
         before, after = {"deleted_at": old}, {"deleted_at": now.isoformat() if deleted else None}
-        self._log(conn, current, "delete" if deleted else "restore", before, after, who, undo_of)
+        action = "delete" if deleted else "restore"
+        self._log(conn, current, action, before, after, who, owner, undo_of)
         return True
 
-    def delete_mark(self, mark_id: int, user: str) -> Mark:
+    def delete_mark(self, mark_id: int, user: str | Principal) -> Mark:
         """Hide a mark (soft deletion: it stays in the database and the change log)."""
-        who = _user(user)
+        mark_id = _ident(mark_id, "mark")
         with self._write() as conn:
-            self._set_deleted(conn, self._locked_mark(conn, mark_id), True, who)
-            row = self._mark_row(conn, mark_id)
+            actor = self._actor(conn, user)
+            current, owner = self._locked_mark(conn, actor, mark_id)
+            self._set_deleted(conn, current, True, actor.name, owner)
+            row = self._mark_row(conn, current["id"])
         return record_from_row(Mark, row)
 
-    def restore_mark(self, mark_id: int, user: str) -> Mark:
+    def restore_mark(self, mark_id: int, user: str | Principal) -> Mark:
         """Bring back a deleted mark (recorded as an update: ``updated_at``/``updated_by``)."""
-        who = _user(user)
+        mark_id = _ident(mark_id, "mark")
         with self._write() as conn:
-            self._set_deleted(conn, self._locked_mark(conn, mark_id), False, who)
-            row = self._mark_row(conn, mark_id)
+            actor = self._actor(conn, user)
+            current, owner = self._locked_mark(conn, actor, mark_id)
+            self._set_deleted(conn, current, False, actor.name, owner)
+            row = self._mark_row(conn, current["id"])
         return record_from_row(Mark, row)
 
-    def undo_last(self, session_id: int, user: str) -> str | None:
+    def undo_last(self, session_id: int, user: str | Principal) -> str | None:
         """Revert the latest change to this session's marks that is not yet undone.
 
         Undoing an addition deletes the mark, undoing a deletion restores it, undoing an edit or
@@ -585,36 +891,42 @@ class Store:
         str or None
             What was undone, for the page's status line; None when nothing is left to undo.
         """
-        who = _user(user)
+        session_id = _ident(session_id, "session")
         undo = aliased(_changes)
-        stmt = (
-            select(_changes)
-            .where(
-                _changes.c.session_id == session_id,
-                _changes.c.undo_of.is_(None),
-                ~exists().where(undo.c.undo_of == _changes.c.id),
-            )
-            .order_by(_changes.c.id.desc())
-            .limit(1)
-        )
         with self._write() as conn:
+            actor = self._actor(conn, user)
+            owner = self._owner(conn, actor, "session", session_id)
             self._lock_session(conn, session_id)
+            stmt = (
+                select(_changes)
+                .where(
+                    _changes.c.session_id == session_id,
+                    _changes.c.undo_of.is_(None),
+                    ~exists().where(undo.c.undo_of == _changes.c.id),
+                )
+                .order_by(_changes.c.id.desc())
+                .limit(1)
+            )
             change = conn.execute(stmt).mappings().first()
             if change is None:
                 return None
+            who = actor.name
             mark = self._mark_row(conn, change["mark_id"])
             action, words = change["action"], _muscle_words(mark)
             if action in ("create", "restore"):
-                self._set_deleted(conn, mark, True, who, undo_of=change["id"])
+                self._set_deleted(conn, mark, True, who, owner, undo_of=change["id"])
                 verb = "adding" if action == "create" else "restoring"
             elif action == "delete":
-                self._set_deleted(conn, mark, False, who, undo_of=change["id"])
+                self._set_deleted(conn, mark, False, who, owner, undo_of=change["id"])
                 verb = "deleting"
             else:
                 before = json.loads(change["before"] or "{}")
-                if not self._change_mark(conn, mark, before, action, who, undo_of=change["id"]):
+                changed = self._change_mark(
+                    conn, mark, before, action, who, owner, undo_of=change["id"]
+                )
+                if not changed:
                     # Nothing differs any more; still record the undo so the walk moves on.
-                    self._log(conn, mark, action, {}, {}, who, undo_of=change["id"])
+                    self._log(conn, mark, action, {}, {}, who, owner, undo_of=change["id"])
                 if action == "move":
                     verb = "moving"
                 else:
@@ -626,34 +938,51 @@ class Store:
                     verb = f"changing {names or 'the details'} of"
             return f"Undid {verb} the {words} mark"
 
-    def get_mark(self, mark_id: int) -> Mark:
+    def get_mark(self, mark_id: int, *, scope: Principal | None = None) -> Mark:
         """The mark with this id, deleted or not."""
+        mark_id = _ident(mark_id, "mark")
         with self._read() as conn:
+            self._owner(conn, self._scope(conn, scope), "mark", mark_id)
             return record_from_row(Mark, self._mark_row(conn, mark_id))
 
-    def session_marks(self, session_id: int, *, include_deleted: bool = False) -> list[Mark]:
+    def session_marks(
+        self,
+        session_id: int,
+        *,
+        include_deleted: bool = False,
+        scope: Principal | None = None,
+    ) -> list[Mark]:
         """The marks of one session in the order they were placed (deleted ones hidden)."""
+        session_id = _ident(session_id, "session")
         stmt = _MARK_SELECT.where(_marks.c.session_id == session_id).order_by(_marks.c.id)
         if not include_deleted:
             stmt = stmt.where(_marks.c.deleted_at.is_(None))
         with self._read() as conn:
+            if scope is not None:
+                self._owner(conn, self._scope(conn, scope), "session", session_id)
             return [record_from_row(Mark, r) for r in conn.execute(stmt).mappings()]
 
-    def episode_marks(self, episode_id: int) -> list[Mark]:
+    def episode_marks(self, episode_id: int, *, scope: Principal | None = None) -> list[Mark]:
         """All visible marks of an episode's sessions, oldest session first.
 
         Each mark carries ``session_date``, so the page can draw earlier sessions faded.
         """
+        episode_id = _ident(episode_id, "episode")
         stmt = _MARK_SELECT.where(
             _sessions.c.episode_id == episode_id, _marks.c.deleted_at.is_(None)
         ).order_by(_sessions.c.date, _sessions.c.id, _marks.c.id)
         with self._read() as conn:
+            if scope is not None:
+                self._owner(conn, self._scope(conn, scope), "episode", episode_id)
             return [record_from_row(Mark, r) for r in conn.execute(stmt).mappings()]
 
-    def mark_history(self, mark_id: int) -> list[MarkChange]:
+    def mark_history(self, mark_id: int, *, scope: Principal | None = None) -> list[MarkChange]:
         """The change log of one mark, oldest first."""
+        mark_id = _ident(mark_id, "mark")
         stmt = select(_changes).where(_changes.c.mark_id == mark_id).order_by(_changes.c.id)
         with self._read() as conn:
+            if scope is not None:
+                self._owner(conn, self._scope(conn, scope), "mark", mark_id)
             rows = conn.execute(stmt).mappings().all()
         return [
             record_from_row(
@@ -665,97 +994,196 @@ class Store:
             for r in rows
         ]
 
-    # -- session readings: pressure pain thresholds and adverse events --------------------------
+    # -- session readings (pressure pain thresholds, adverse events) and outcomes ----------------
 
     def _add_child(
         self,
-        parent: Table,
+        parent_kind: str,
         parent_id: int,
-        parent_name: str,
-        table: Table,
+        kind: str,
         values: Mapping[str, Any],
+        user: str | Principal,
     ) -> RowMapping:
+        parent_id = _ident(parent_id, parent_kind)
+        table = _KINDS[kind][0]
         with self._write() as conn:
-            self._require(conn, parent, parent_id, parent_name)
+            actor = self._actor(conn, user)
+            pid, cid = self._owner(conn, actor, parent_kind, parent_id)
             stmt = (
                 insert(table)
-                .values(**values, **{f"{parent_name}_id": parent_id})
+                .values(**values, **{f"{parent_kind}_id": parent_id})
                 .returning(*table.c)
             )
-            return conn.execute(stmt).mappings().one()
+            row = conn.execute(stmt).mappings().one()
+            self._audit(
+                conn,
+                actor.name,
+                "create",
+                kind,
+                entity_id=row["id"],
+                patient_id=pid,
+                clinic_id=cid,
+                after=_row_values(row, ("id", "deleted_at", "deleted_by")),
+            )
+            return row
 
-    def _list_children(self, table: Table, column: str, parent_id: int) -> list[RowMapping]:
-        stmt = select(table).where(table.c[column] == parent_id).order_by(table.c.id)
+    def _list_children(
+        self,
+        parent_kind: str,
+        parent_id: int,
+        kind: str,
+        scope: Principal | None,
+        include_deleted: bool,
+        order: Sequence[str] = ("id",),
+    ) -> list[RowMapping]:
+        parent_id = _ident(parent_id, parent_kind)
+        table = _KINDS[kind][0]
+        stmt = (
+            select(table)
+            .where(table.c[f"{parent_kind}_id"] == parent_id)
+            .order_by(*(table.c[c] for c in order))
+        )
+        if not include_deleted:
+            stmt = stmt.where(table.c.deleted_at.is_(None))
         with self._read() as conn:
+            if scope is not None:
+                self._owner(conn, self._scope(conn, scope), parent_kind, parent_id)
             return list(conn.execute(stmt).mappings().all())
 
-    def _delete_row(self, table: Table, ident: int, what: str, user: str) -> None:
-        _user(user)
+    def _set_child_deleted(
+        self, kind: str, ident: int, deleted: bool, user: str | Principal
+    ) -> RowMapping:
+        ident = _ident(ident, kind)
+        table, what = _KINDS[kind]
         with self._write() as conn:
-            if conn.execute(delete(table).where(table.c.id == ident)).rowcount == 0:
+            actor = self._actor(conn, user)
+            pid, cid = self._owner(conn, actor, kind, ident)
+            current = self._require(conn, table, ident, what)
+            if deleted and current["deleted_at"] is not None:
                 raise NotFoundError(f"No {what} with id {ident}")
+            if deleted or current["deleted_at"] is not None:
+                now = utcnow()
+                values = (
+                    {"deleted_at": now, "deleted_by": actor.name}
+                    if deleted
+                    else {"deleted_at": None, "deleted_by": None}
+                )
+                conn.execute(update(table).where(table.c.id == ident).values(**values))
+                self._audit(
+                    conn,
+                    actor.name,
+                    "delete" if deleted else "restore",
+                    kind,
+                    entity_id=ident,
+                    patient_id=pid,
+                    clinic_id=cid,
+                    before={"deleted_at": current["deleted_at"]},
+                    after={"deleted_at": values["deleted_at"]},
+                )
+            return self._require(conn, table, ident, what)
 
     def add_pressure_pain_threshold(
         self,
         session_id: int,
         reading: model.PressurePainThresholdInput | Mapping[str, Any],
-        user: str,
+        user: str | Principal,
     ) -> PressurePainThreshold:
         """Record a pressure pain threshold (kg/cm2) taken in a session."""
         values = _fields(reading, model.validate_ppt_fields)
-        _user(user)
-        row = self._add_child(_sessions, session_id, "session", _ppts, values)
+        row = self._add_child("session", session_id, "pressure_pain_threshold", values, user)
         return record_from_row(PressurePainThreshold, row)
 
-    def list_pressure_pain_thresholds(self, session_id: int) -> list[PressurePainThreshold]:
-        """A session's pressure pain thresholds in the order recorded."""
-        rows = self._list_children(_ppts, "session_id", session_id)
+    def list_pressure_pain_thresholds(
+        self,
+        session_id: int,
+        *,
+        include_deleted: bool = False,
+        scope: Principal | None = None,
+    ) -> list[PressurePainThreshold]:
+        """A session's pressure pain thresholds in the order recorded (deleted ones hidden)."""
+        rows = self._list_children(
+            "session", session_id, "pressure_pain_threshold", scope, include_deleted
+        )
         return [record_from_row(PressurePainThreshold, r) for r in rows]
 
-    def delete_pressure_pain_threshold(self, reading_id: int, user: str) -> None:
-        """Remove a pressure pain threshold reading entered by mistake."""
-        self._delete_row(_ppts, reading_id, "pressure pain threshold", user)
+    def delete_pressure_pain_threshold(
+        self, reading_id: int, user: str | Principal
+    ) -> PressurePainThreshold:
+        """Remove a reading entered by mistake (soft deletion: :meth:`restore_...` undoes it)."""
+        row = self._set_child_deleted("pressure_pain_threshold", reading_id, True, user)
+        return record_from_row(PressurePainThreshold, row)
+
+    def restore_pressure_pain_threshold(
+        self, reading_id: int, user: str | Principal
+    ) -> PressurePainThreshold:
+        """Bring back a deleted pressure pain threshold reading."""
+        row = self._set_child_deleted("pressure_pain_threshold", reading_id, False, user)
+        return record_from_row(PressurePainThreshold, row)
 
     def add_adverse_event(
-        self, session_id: int, event: model.AdverseEventInput | Mapping[str, Any], user: str
+        self,
+        session_id: int,
+        event: model.AdverseEventInput | Mapping[str, Any],
+        user: str | Principal,
     ) -> AdverseEvent:
         """Record an adverse event for a session."""
         values = _fields(event, model.validate_adverse_event_fields)
-        _user(user)
-        return record_from_row(
-            AdverseEvent, self._add_child(_sessions, session_id, "session", _adverse, values)
-        )
+        row = self._add_child("session", session_id, "adverse_event", values, user)
+        return record_from_row(AdverseEvent, row)
 
-    def list_adverse_events(self, session_id: int) -> list[AdverseEvent]:
-        """A session's adverse events."""
-        rows = self._list_children(_adverse, "session_id", session_id)
+    def list_adverse_events(
+        self,
+        session_id: int,
+        *,
+        include_deleted: bool = False,
+        scope: Principal | None = None,
+    ) -> list[AdverseEvent]:
+        """A session's adverse events (deleted ones hidden)."""
+        rows = self._list_children("session", session_id, "adverse_event", scope, include_deleted)
         return [record_from_row(AdverseEvent, r) for r in rows]
 
-    def delete_adverse_event(self, event_id: int, user: str) -> None:
-        """Remove an adverse event entered by mistake."""
-        self._delete_row(_adverse, event_id, "adverse event", user)
+    def delete_adverse_event(self, event_id: int, user: str | Principal) -> AdverseEvent:
+        """Remove an adverse event entered by mistake (soft deletion)."""
+        row = self._set_child_deleted("adverse_event", event_id, True, user)
+        return record_from_row(AdverseEvent, row)
 
-    # -- outcomes ------------------------------------------------------------------------------
+    def restore_adverse_event(self, event_id: int, user: str | Principal) -> AdverseEvent:
+        """Bring back a deleted adverse event."""
+        row = self._set_child_deleted("adverse_event", event_id, False, user)
+        return record_from_row(AdverseEvent, row)
 
     def add_outcome(
-        self, episode_id: int, outcome: model.OutcomeInput | Mapping[str, Any], user: str
+        self,
+        episode_id: int,
+        outcome: model.OutcomeInput | Mapping[str, Any],
+        user: str | Principal,
     ) -> Outcome:
         """Record an outcome instrument score for an episode."""
         values = _fields(outcome, model.validate_outcome_fields)
-        _user(user)
-        return record_from_row(
-            Outcome, self._add_child(_episodes, episode_id, "episode", _outcomes, values)
-        )
+        row = self._add_child("episode", episode_id, "outcome", values, user)
+        return record_from_row(Outcome, row)
 
-    def list_outcomes(self, episode_id: int) -> list[Outcome]:
-        """An episode's outcome scores by date."""
-        stmt = (
-            select(_outcomes)
-            .where(_outcomes.c.episode_id == episode_id)
-            .order_by(_outcomes.c.date, _outcomes.c.id)
+    def list_outcomes(
+        self,
+        episode_id: int,
+        *,
+        include_deleted: bool = False,
+        scope: Principal | None = None,
+    ) -> list[Outcome]:
+        """An episode's outcome scores by date (deleted ones hidden)."""
+        rows = self._list_children(
+            "episode", episode_id, "outcome", scope, include_deleted, order=("date", "id")
         )
-        with self._read() as conn:
-            return [record_from_row(Outcome, r) for r in conn.execute(stmt).mappings()]
+        return [record_from_row(Outcome, r) for r in rows]
+
+    def delete_outcome(self, outcome_id: int, user: str | Principal) -> Outcome:
+        """Remove an outcome score entered by mistake (soft deletion)."""
+        return record_from_row(Outcome, self._set_child_deleted("outcome", outcome_id, True, user))
+
+    def restore_outcome(self, outcome_id: int, user: str | Principal) -> Outcome:
+        """Bring back a deleted outcome score."""
+        row = self._set_child_deleted("outcome", outcome_id, False, user)
+        return record_from_row(Outcome, row)
 
     # -- bulk ----------------------------------------------------------------------------------
 
@@ -769,16 +1197,20 @@ class Store:
         stamp: Mapping[str, Any],
         returning: bool,
         chunk_size: int,
+        user: str,
+        passthrough: tuple[str, ...] = (),
     ) -> list[int] | int:
         """Insert many rows in one transaction with executemany, in chunks.
 
         Rows are validated chunk by chunk; a bad row rolls back everything, so an import
-        either lands whole or not at all. The error names the row (0-based).
+        either lands whole or not at all. The error names the row (0-based). One audit row
+        records the import (how many rows, into which table), not one per row.
         """
-        passthrough = ("created_at", "created_by") if "created_at" in stamp else ()
+        if "created_at" in stamp:
+            passthrough = (*passthrough, "created_at", "created_by")
         try:
             return self._bulk_rows(
-                table, rows, validator, parent, passthrough, stamp, returning, chunk_size
+                table, rows, validator, parent, passthrough, stamp, returning, chunk_size, user
             )
         except IntegrityError as exc:
             raise ValidationError(
@@ -795,6 +1227,7 @@ class Store:
         stamp: Mapping[str, Any],
         returning: bool,
         chunk_size: int,
+        user: str,
     ) -> list[int] | int:
         ids: list[int] = []
         count = 0
@@ -810,6 +1243,8 @@ class Store:
                     extra = {k: fields.pop(k) for k in (parent, *passthrough) if k in fields}
                     if parent is not None:
                         extra[parent] = _int_id(extra.get(parent), parent)
+                    if "clinic_id" in extra:
+                        extra["clinic_id"] = _int_id(extra["clinic_id"], "clinic_id")
                     try:
                         values = validator(fields) if validator is not None else fields
                     except ValidationError as exc:
@@ -823,13 +1258,28 @@ class Store:
                 else:
                     _executemany(conn, table, cleaned, stamp)
                 count += len(cleaned)
+            if count:
+                after: dict[str, Any] = {"rows": count}
+                if ids:
+                    after |= {"first_id": min(ids), "last_id": max(ids)}
+                self._audit(conn, user, "import", table.name, after=after)
         return ids if returning else count
 
     def bulk_insert_patients(
-        self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        user: str = "import",
+        clinic_id: int | None = None,
     ) -> list[int]:
-        """Insert patients (code, sex, birth_year); returns their ids in input order."""
-        stamp = {"created_at": utcnow(), "created_by": _user(user)}
+        """Insert patients (code, sex, birth_year; optionally ``clinic_id``); returns their ids.
+
+        Rows without ``clinic_id`` go into ``clinic_id``, by default the first clinic.
+        """
+        who = user_name(user)
+        with self._read() as conn:
+            default = self._default_clinic(conn, _Actor(who, None), clinic_id)
+        stamp = {"created_at": utcnow(), "created_by": who, "clinic_id": default}
         result = self._bulk(
             _patients,
             rows,
@@ -838,6 +1288,8 @@ class Store:
             stamp=stamp,
             returning=True,
             chunk_size=_CHUNK,
+            user=who,
+            passthrough=("clinic_id",),
         )
         return result  # type: ignore[return-value]
 
@@ -845,7 +1297,7 @@ class Store:
         self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
     ) -> list[int]:
         """Insert episodes (rows carry ``patient_id``); returns their ids in input order."""
-        stamp = {"created_at": utcnow(), "created_by": _user(user)}
+        stamp = {"created_at": utcnow(), "created_by": user_name(user)}
         result = self._bulk(
             _episodes,
             rows,
@@ -854,6 +1306,7 @@ class Store:
             stamp=stamp,
             returning=True,
             chunk_size=_CHUNK,
+            user=user_name(user),
         )
         return result  # type: ignore[return-value]
 
@@ -861,7 +1314,7 @@ class Store:
         self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
     ) -> list[int]:
         """Insert sessions (rows carry ``episode_id``); returns their ids in input order."""
-        stamp = {"created_at": utcnow(), "created_by": _user(user)}
+        stamp = {"created_at": utcnow(), "created_by": user_name(user)}
         result = self._bulk(
             _sessions,
             rows,
@@ -870,6 +1323,7 @@ class Store:
             stamp=stamp,
             returning=True,
             chunk_size=_CHUNK,
+            user=user_name(user),
         )
         return result  # type: ignore[return-value]
 
@@ -888,7 +1342,7 @@ class Store:
         clean Python values; left-out columns take their defaults); the database's own
         constraints still apply.
         """
-        stamp = {"created_at": utcnow(), "created_by": _user(user)}
+        stamp = {"created_at": utcnow(), "created_by": user_name(user)}
         validator = model.validate_mark_fields if validate else None
         result = self._bulk(
             _marks,
@@ -898,10 +1352,13 @@ class Store:
             stamp=stamp,
             returning=False,
             chunk_size=chunk_size,
+            user=user_name(user),
         )
         return result  # type: ignore[return-value]
 
-    def bulk_insert_outcomes(self, rows: Iterable[Mapping[str, Any]]) -> int:
+    def bulk_insert_outcomes(
+        self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
+    ) -> int:
         """Insert outcome scores (rows carry ``episode_id``); returns how many."""
         result = self._bulk(
             _outcomes,
@@ -911,10 +1368,13 @@ class Store:
             stamp={},
             returning=False,
             chunk_size=_CHUNK,
+            user=user_name(user),
         )
         return result  # type: ignore[return-value]
 
-    def bulk_insert_pressure_pain_thresholds(self, rows: Iterable[Mapping[str, Any]]) -> int:
+    def bulk_insert_pressure_pain_thresholds(
+        self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
+    ) -> int:
         """Insert pressure pain thresholds (rows carry ``session_id``); returns how many."""
         result = self._bulk(
             _ppts,
@@ -924,10 +1384,13 @@ class Store:
             stamp={},
             returning=False,
             chunk_size=_CHUNK,
+            user=user_name(user),
         )
         return result  # type: ignore[return-value]
 
-    def bulk_insert_adverse_events(self, rows: Iterable[Mapping[str, Any]]) -> int:
+    def bulk_insert_adverse_events(
+        self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
+    ) -> int:
         """Insert adverse events (rows carry ``session_id``); returns how many."""
         result = self._bulk(
             _adverse,
@@ -937,30 +1400,31 @@ class Store:
             stamp={},
             returning=False,
             chunk_size=_CHUNK,
+            user=user_name(user),
         )
         return result  # type: ignore[return-value]
 
     def counts(self) -> dict[str, int]:
-        """Row counts per table (marks: not deleted), for status lines and tests."""
+        """Row counts per table (not counting deleted rows), for status lines and tests."""
         tables = {
-            "patients": _patients,
-            "episodes": _episodes,
-            "sessions": _sessions,
-            "pressure_pain_thresholds": _ppts,
-            "adverse_events": _adverse,
-            "outcome_measures": _outcomes,
+            "patients": (_patients, None),
+            "episodes": (_episodes, None),
+            "sessions": (_sessions, None),
+            "pressure_pain_thresholds": (_ppts, _ppts.c.deleted_at),
+            "adverse_events": (_adverse, _adverse.c.deleted_at),
+            "outcome_measures": (_outcomes, _outcomes.c.deleted_at),
+            "marks": (_marks, _marks.c.deleted_at),
         }
+        result = {}
         with self._read() as conn:
-            result = {
-                name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for name, t in tables.items()
-            }
-            result["marks"] = conn.execute(
-                select(func.count()).select_from(_marks).where(_marks.c.deleted_at.is_(None))
-            ).scalar_one()
+            for name, (table, deleted) in tables.items():
+                stmt = select(func.count()).select_from(table)
+                if deleted is not None:
+                    stmt = stmt.where(deleted.is_(None))
+                result[name] = conn.execute(stmt).scalar_one()
         return result
 
 
-def open_store(url: str | URL | None = None) -> Store:
+def open_store(url: str | URL | None = None, *, secret: Secret | bytes | None = None) -> Store:
     """Open (and migrate) the store at ``url``, default :func:`default_database_url`."""
-    return Store(url)
+    return Store(url, secret=secret)

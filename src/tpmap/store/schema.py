@@ -17,6 +17,7 @@ from sqlalchemy import (
     Dialect,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -29,8 +30,12 @@ from tpmap import model
 
 __all__ = [
     "AdverseEventRow",
+    "AuditChainRow",
+    "AuditRow",
     "Base",
+    "ClinicRow",
     "EpisodeRow",
+    "LoginSessionRow",
     "MarkChangeRow",
     "MarkRow",
     "OutcomeMeasureRow",
@@ -38,6 +43,8 @@ __all__ = [
     "PressurePainThresholdRow",
     "SessionRow",
     "UTCDateTime",
+    "UserClinicRow",
+    "UserRow",
     "metadata",
     "utcnow",
 ]
@@ -97,14 +104,115 @@ class Base(DeclarativeBase):
     metadata = metadata
 
 
+class ClinicRow(Base):
+    """A clinic: every patient belongs to one, and a clinician sees the patients of theirs."""
+
+    __tablename__ = "clinics"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class UserRow(Base):
+    """An account that signs in. ``roles`` is a comma-separated sorted list of role ids."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    # Lower-cased name: names are unique and signed in with case-insensitively.
+    name_key: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    roles: Mapped[str] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    updated_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class UserClinicRow(Base):
+    """Which clinics an account belongs to."""
+
+    __tablename__ = "user_clinics"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"), primary_key=True)
+
+
+class LoginSessionRow(Base):
+    """One sign-in: the browser holds a signed cookie with a random token, this its hash.
+
+    It ends at sign-out (``ended_at``) or when idle longer than the server allows
+    (``last_seen_at``); a disabled account ends all of them at their next request.
+    """
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    address: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditRow(Base):
+    """The audit trail: one row per change, sign-in, account change or export.
+
+    Written in the same transaction as what it records. ``seq`` numbers the rows without
+    gaps and ``hash`` chains each row to the one before it (HMAC-SHA256 keyed with the
+    server secret), so a row edited or removed directly in the database shows.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_action_at", "action", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, unique=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(100), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    entity: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[int | None] = mapped_column(Integer)
+    target: Mapped[str | None] = mapped_column(String(100))
+    patient_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    clinic_id: Mapped[int | None] = mapped_column(Integer)
+    address: Mapped[str | None] = mapped_column(String(64))
+    before: Mapped[str | None] = mapped_column(Text)
+    after: Mapped[str | None] = mapped_column(Text)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChainRow(Base):
+    """The head of the audit chain (one row, id 1): appends lock it, so one chain results.
+
+    ``head_mac`` authenticates (seq, hash) so that cutting rows off the end shows too;
+    ``key_check`` identifies the key the chain is written with (a different secret is
+    refused rather than silently starting a chain that cannot be verified).
+    """
+
+    __tablename__ = "audit_chain"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    hash: Mapped[str] = mapped_column(String(64))
+    head_mac: Mapped[str | None] = mapped_column(String(64))
+    key_check: Mapped[str | None] = mapped_column(String(64))
+
+
 class PatientRow(Base):
-    """A patient, known only by a pseudonymous code."""
+    """A patient, known only by a pseudonymous code, in one clinic."""
 
     __tablename__ = "patients"
     __table_args__ = (_one_of("sex", model.SEXES),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     code: Mapped[str] = mapped_column(String(32), unique=True, index=True)
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"), index=True)
     sex: Mapped[str] = mapped_column(String(16), default="unknown")
     birth_year: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -211,6 +319,8 @@ class PressurePainThresholdRow(Base):
     site: Mapped[str] = mapped_column(String(64))
     side: Mapped[str | None] = mapped_column(String(8))
     kg_cm2: Mapped[float] = mapped_column(Float)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    deleted_by: Mapped[str | None] = mapped_column(String(100))
 
 
 class AdverseEventRow(Base):
@@ -227,6 +337,8 @@ class AdverseEventRow(Base):
     type: Mapped[str] = mapped_column(String(32))
     severity: Mapped[str] = mapped_column(String(16))
     note: Mapped[str] = mapped_column(Text, default="")
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    deleted_by: Mapped[str | None] = mapped_column(String(100))
 
 
 class OutcomeMeasureRow(Base):
@@ -240,6 +352,8 @@ class OutcomeMeasureRow(Base):
     instrument: Mapped[str] = mapped_column(String(32))
     score: Mapped[float] = mapped_column(Float)
     date: Mapped[dt.date] = mapped_column(Date)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    deleted_by: Mapped[str | None] = mapped_column(String(100))
 
 
 class MarkChangeRow(Base):

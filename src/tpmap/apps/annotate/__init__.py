@@ -35,7 +35,7 @@ from bokeh.document import Document
 from bokeh.layouts import column, row
 from bokeh.models import ColumnDataSource, CustomJS, TabPanel, Tabs
 
-from tpmap.apps import tag_widgets
+from tpmap.apps import signed_in_bar, tag_widgets, watch_connection
 from tpmap.apps.annotate._a11y import accessible_tabs, numeric_keyboards
 from tpmap.apps.annotate._context import Context
 from tpmap.apps.annotate._diagram import Diagram
@@ -49,9 +49,13 @@ from tpmap.apps.annotate._session_panel import SessionPanel
 from tpmap.apps.annotate._state import SessionState
 from tpmap.apps.annotate._status import StatusLine
 from tpmap.atlas import Atlas, load_atlas
+from tpmap.auth import AccessDenied, Principal
+from tpmap.store import Store
 
 __all__ = ["AnnotatePage", "make_document"]
 
+#: Room for "Signed in as NAME · Sign out" beside the status line.
+SIGNED_IN_WIDTH = 230
 #: The window the page is laid out for until the browser reports its own.
 DEFAULT_VIEWPORT = (1024, 768)
 
@@ -102,12 +106,13 @@ class AnnotatePage:
         diagram = column(self.diagram.controls, self.diagram.figure_row, name="diagram")
         panel = column(self.diagram.actions, self.tabs, name="side-panel")
         self.header = self.pickers.header
+        self.signed_in = signed_in_bar(user, width=SIGNED_IN_WIDTH)
         self.root = column(
             self.header,
             self.pickers.patient_form,
             self.pickers.episode_form,
             self.pickers.session_form,
-            self.status.div,
+            row(self.status.div, self.signed_in, name="status-row"),
             row(diagram, panel, spacing=12, name="workspace"),
             name="annotate-page",
             styles={"padding": "4px 8px"},
@@ -124,6 +129,7 @@ class AnnotatePage:
         )
         self.viewport.on_change("data", lambda _a, _o, new: self._resized(new))
         accessible_tabs(doc, self.tabs, "Session details")
+        watch_connection(doc)
         numeric_keyboards(doc, self._numeric_inputs())
         tag_widgets(doc)
         self.apply_plan(self.plan)
@@ -155,7 +161,7 @@ class AnnotatePage:
         """Size the diagrams, the status line and the panel for ``plan``."""
         self.plan = plan
         self.diagram.resize(plan.figure_height)
-        status_width = plan.width - 2 * PAGE_MARGIN
+        status_width = plan.width - 2 * PAGE_MARGIN - SIGNED_IN_WIDTH - 10
         if self.status.div.width != status_width:
             self.status.div.width = status_width
         controls_width = self.diagram.pair_width(plan.figure_height)
@@ -168,6 +174,10 @@ class AnnotatePage:
         self.progress.resize(plan.panel_width, plan.table_height + 30)
         if self.tabs.width != plan.panel_width:
             self.tabs.width = plan.panel_width
+        # Which window the layout is for (browser tests wait for it).
+        applied = [f"layout:{plan.width}x{plan.height}"]
+        if self.root.tags != applied:
+            self.root.tags = applied
 
     # ------------------------------------------------------------------ state
     PROGRESS_TAB = 3
@@ -201,12 +211,17 @@ _PANEL_FIELDS_WIDTH = 340
 def make_document(
     doc: Document,
     *,
-    store: Any,
+    store: Store,
+    user: Principal,
     atlas: Atlas | None = None,
     settings: Any = None,
-    user: Any = None,
     **_: Any,
 ) -> AnnotatePage:
-    """Build the clinician page into ``doc`` and return its state object."""
-    who = getattr(user, "name", user) or getattr(settings, "user", None) or "clinician"
-    return AnnotatePage(doc, store=store, atlas=atlas or load_atlas(), user=str(who))
+    """Build the clinician page into ``doc`` for the signed-in ``user``.
+
+    Every read and write goes through ``store.scoped(user)``: an id of another clinic's
+    patient, however it reaches the page, is "not found" and changes nothing.
+    """
+    if not isinstance(user, Principal):
+        raise AccessDenied("The clinician page needs a signed-in clinician")
+    return AnnotatePage(doc, store=store.scoped(user), atlas=atlas or load_atlas(), user=user.name)

@@ -385,7 +385,7 @@ class Diagram:
             message, _ = describe(exc, "tap")
             ctx.status.say(f"{region.label}: {message}", error=True)
 
-        ctx.run.submit(lambda: ctx.store.add_mark(session_id, fields, ctx.user), saved, failed)
+        ctx.run.submit(lambda: ctx.store.add_mark(session_id, fields), saved, failed)
 
     # ------------------------------------------------------------------ drags
     def _dragged(self, view: str) -> Callable[[str, Any, Any], None]:
@@ -451,7 +451,7 @@ class Diagram:
 
         ctx.run.submit(
             lambda: ctx.store.move_mark(
-                mark.id, float(x), float(y), region.muscle, region.side, region.layer, ctx.user
+                mark.id, float(x), float(y), region.muscle, region.side, region.layer
             ),
             done,
             failed,
@@ -475,7 +475,7 @@ class Diagram:
             )
 
         def work() -> list[Any]:
-            ctx.store.delete_mark(mark.id, ctx.user)
+            ctx.store.delete_mark(mark.id)
             return ctx.store.session_marks(session_id)
 
         ctx.run.submit(work, done, lambda exc: ctx.status.fail(exc, "deletion"))
@@ -490,7 +490,7 @@ class Diagram:
         before = dict(state.marks)
 
         def work() -> tuple[str | None, list[Any]]:
-            text = ctx.store.undo_last(session_id, ctx.user)
+            text = ctx.store.undo_last(session_id)
             return text, ctx.store.session_marks(session_id)
 
         def done(result: tuple[str | None, list[Any]]) -> None:

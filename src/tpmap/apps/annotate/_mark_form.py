@@ -153,4 +153,4 @@ class MarkForm:
                 if key in self.fields:
                     self.fields[key].fail(message)
 
-        ctx.run.submit(lambda: ctx.store.update_mark(mark.id, changes, ctx.user), saved, failed)
+        ctx.run.submit(lambda: ctx.store.update_mark(mark.id, changes), saved, failed)

@@ -60,6 +60,7 @@ class Pickers:
         self.ctx = ctx
         self._on_session = on_session
         self._on_episode = on_episode
+        self._restoring = False  # True while a choice that failed is put back
         self.search = TextInput(
             title="Find", placeholder="Search code", name="patient-search", width=140
         )
@@ -180,10 +181,11 @@ class Pickers:
     def choose_patient(self, value: str) -> None:
         """Open a patient: list their episodes and open the latest."""
         ctx, state = self.ctx, self.ctx.state
-        if not value:
+        if not value or self._restoring:
             return
         patient_id = parse_id(value)
         if patient_id is None:
+            self._put_back(self.patient_select, state.patient_id)
             ctx.status.say("Not found: choose a patient from the list.", error=True)
             return
 
@@ -209,12 +211,19 @@ class Pickers:
                 ctx.status.say("No episode yet: open one with + Episode.")
 
         def failed(exc: Exception) -> None:
-            state.close(patient=True)
-            self.episode_select.options = []
-            self.session_select.options = []
+            # What is open stays open: a patient that cannot be opened changes nothing.
+            self._put_back(self.patient_select, state.patient_id)
             ctx.status.fail(exc, "patient")
 
         ctx.run.submit(load, loaded, failed)
+
+    def _put_back(self, select: Select, current: int | None) -> None:
+        """Show the record that is open again after a choice that could not be opened."""
+        self._restoring = True
+        try:
+            select.value = BLANK if current is None else str(current)
+        finally:
+            self._restoring = False
 
     def create_patient(self) -> None:
         """Create the patient typed into the + Patient form."""
@@ -236,7 +245,7 @@ class Pickers:
             self.episode_form.visible = True  # the status line asks for an episode next
 
         ctx.run.submit(
-            lambda: ctx.store.create_patient(fields, ctx.user),
+            lambda: ctx.store.create_patient(fields),
             created,
             self._failed(self.patient_fields, "new patient"),
         )
@@ -245,6 +254,8 @@ class Pickers:
     def choose_episode(self, value: str) -> None:
         """Open an episode: list its sessions and open the latest."""
         ctx, state = self.ctx, self.ctx.state
+        if self._restoring:
+            return
         if not value:
             state.episode_id = None
             state.close()
@@ -252,6 +263,7 @@ class Pickers:
             return
         episode_id = parse_id(value)
         if episode_id is None:
+            self._put_back(self.episode_select, state.episode_id)
             ctx.status.say("Not found: choose an episode from the list.", error=True)
             return
         patient_id = state.patient_id
@@ -278,7 +290,11 @@ class Pickers:
                 self.session_select.value = BLANK
                 ctx.status.say("No session yet: start one with + Session.")
 
-        ctx.run.submit(load, loaded, lambda exc: ctx.status.fail(exc, "episode"))
+        def failed(exc: Exception) -> None:
+            self._put_back(self.episode_select, state.episode_id)
+            ctx.status.fail(exc, "episode")
+
+        ctx.run.submit(load, loaded, failed)
 
     def create_episode(self) -> None:
         """Open the episode typed into the + Episode form for the chosen patient."""
@@ -301,7 +317,7 @@ class Pickers:
             self.session_form.visible = True  # the status line asks for a session next
 
         ctx.run.submit(
-            lambda: ctx.store.create_episode(patient_id, fields, ctx.user),
+            lambda: ctx.store.create_episode(patient_id, fields),
             created,
             self._failed(self.episode_fields, "new episode"),
         )
@@ -310,12 +326,15 @@ class Pickers:
     def choose_session(self, value: str) -> None:
         """Open a session: its marks, the episode's earlier marks, and its readings."""
         ctx, state = self.ctx, self.ctx.state
+        if self._restoring:
+            return
         if not value:
             state.close()
             self._on_session(None, [], [])
             return
         session_id = parse_id(value)
         if session_id is None:
+            self._put_back(self.session_select, state.session_id)
             ctx.status.say("Not found: choose a session from the list.", error=True)
             return
         episode_id = state.episode_id
@@ -342,7 +361,11 @@ class Pickers:
                 "Tap each muscle you needled."
             )
 
-        ctx.run.submit(load, loaded, lambda exc: ctx.status.fail(exc, "session"))
+        def failed(exc: Exception) -> None:
+            self._put_back(self.session_select, state.session_id)
+            ctx.status.fail(exc, "session")
+
+        ctx.run.submit(load, loaded, failed)
 
     def create_session(self) -> None:
         """Start the session typed into the + Session form in the chosen episode."""
@@ -364,7 +387,7 @@ class Pickers:
             self.session_select.value = str(session.id)
 
         ctx.run.submit(
-            lambda: ctx.store.create_session(episode_id, fields, ctx.user),
+            lambda: ctx.store.create_session(episode_id, fields),
             created,
             self._failed(self.session_fields, "new session"),
         )

@@ -153,7 +153,10 @@ class ProgressView:
                 fig.width = w
         if self.layout.height != height:
             self.layout.height = height
-        self.summary.width = width
+        if self.layout.width != width:
+            self.layout.width = width
+        if self.summary.width != width:
+            self.summary.width = width
 
     # ------------------------------------------------------------------ loading
     def load(self) -> None:

@@ -129,7 +129,7 @@ class SessionPanel:
 
     def __init__(self, ctx: Context, *, width: int) -> None:
         self.ctx = ctx
-        store, user = ctx.store, ctx.user
+        store = ctx.store
         specs = model.SESSION_FIELD_SPECS
         self.nprs = {
             name: FieldInput(
@@ -151,9 +151,9 @@ class SessionPanel:
             },
             rows=(("site",), ("kg_cm2", "side")),
             prefix="ppt",
-            add=lambda sid, v: store.add_pressure_pain_threshold(sid, v, user),
+            add=lambda sid, v: store.add_pressure_pain_threshold(sid, v),
             list_=store.list_pressure_pain_thresholds,
-            remove=lambda i: store.delete_pressure_pain_threshold(i, user),
+            remove=lambda i: store.delete_pressure_pain_threshold(i),
             describe=lambda p: f"{p.site}{f' ({p.side})' if p.side else ''}: {p.kg_cm2:g} kg/cm²",
             empty="No pressure pain thresholds yet.",
             what="Pressure pain threshold",
@@ -169,9 +169,9 @@ class SessionPanel:
             },
             rows=(("type", "severity"), ("note",)),
             prefix="ae",
-            add=lambda sid, v: store.add_adverse_event(sid, v, user),
+            add=lambda sid, v: store.add_adverse_event(sid, v),
             list_=store.list_adverse_events,
-            remove=lambda i: store.delete_adverse_event(i, user),
+            remove=lambda i: store.delete_adverse_event(i),
             describe=lambda a: (
                 f"{ae['type'].label_of(a.type)} ({a.severity})" + (f": {a.note}" if a.note else "")
             ),
@@ -222,7 +222,7 @@ class SessionPanel:
                 field.fail(errors[name])
 
         ctx.run.submit(
-            lambda: ctx.store.update_session(session_id, {name: raw or None}, ctx.user),
+            lambda: ctx.store.update_session(session_id, {name: raw or None}),
             saved,
             failed,
         )

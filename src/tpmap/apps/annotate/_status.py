@@ -7,6 +7,7 @@ import secrets
 
 from bokeh.models import Div
 
+from tpmap.auth import AccessDenied
 from tpmap.model import ValidationError
 from tpmap.store import NotFoundError
 
@@ -36,6 +37,9 @@ def describe(exc: Exception, what: str = "change") -> tuple[str, dict[str, str]]
     """
     if isinstance(exc, ValidationError):
         return "Not saved: " + " ".join(exc.errors.values()), dict(exc.errors)
+    if isinstance(exc, AccessDenied):
+        log.warning("access denied: %s", exc)
+        return "Not saved: you are signed out or may not do this. Sign in again.", {}
     if isinstance(exc, NotFoundError):
         log.info("not found: %s", exc)
         return "Not found: that record is not (or no longer) in this clinic's records.", {}

@@ -4,8 +4,8 @@ Widens the CHECK constraint on ``marks.layer``; no row changes. SQLite cannot al
 constraint, so the table is recreated in batch mode (every row, index, foreign key and the
 other constraints are carried over); PostgreSQL drops and re-adds the constraint.
 
-Revision ID: 0003s
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2025-12-01
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003s"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | None = None
 depends_on: str | None = None
 
@@ -47,7 +47,7 @@ def downgrade() -> None:
     )
     if count:
         raise RuntimeError(
-            f"cannot downgrade below 0003s: {count} marks are on the structures layer "
+            f"cannot downgrade below 0004: {count} marks are on the structures layer "
             "(ligaments, tendons, bone), which older versions of tpmap cannot store"
         )
     _allow(_BEFORE)
