@@ -106,3 +106,10 @@ def page(browser):
     pg.set_default_timeout(20_000)
     yield pg
     context.close()
+
+
+@pytest.fixture(autouse=True)
+def _snapshots_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Research snapshots (and servers started by tests) write under the test's tmp folder,
+    never into the user's cache directory."""
+    monkeypatch.setenv("TPMAP_SNAPSHOT_DIR", str(tmp_path_factory.getbasetemp() / "snapshots"))

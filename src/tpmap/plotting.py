@@ -463,7 +463,7 @@ def image_map(
     )
     _draw_landmarks(fig, atlas, view)
     fig.add_tools(
-        HoverTool(renderers=[img], tooltips=[("Value", "@image{0.00}")]),
+        HoverTool(renderers=[img], tooltips=[("Value", "@image{0.0}")], name="image-hover"),
         HoverTool(renderers=[outlines], tooltips=[("Muscle", "@name")]),
     )
     fig.add_layout(_colour_bar(mapper, ""), "right")
@@ -482,11 +482,8 @@ def _set_image(
 
 
 def _density_values(grid: Any, n_cohort: int | None) -> tuple[np.ndarray, str]:
-    per_cm2 = grid.values / grid.spec.cell**2
-    if grid.weighting == "marks" or not n_cohort:
-        unit = {"marks": "marks", "patient_cell": "patients", "patient_normalised": "patients"}
-        return per_cm2, f"{unit[grid.weighting]} per cm²"
-    return 100.0 * per_cm2 / n_cohort, f"% of {n_cohort} patients per cm²"
+    # The research side knows what each weighting means; the label is its words.
+    return grid.display(n_cohort)
 
 
 def density_map(
@@ -502,8 +499,10 @@ def density_map(
 ) -> figure:
     """A heatmap of a :class:`tpmap.research.DensityGrid` over the body outline.
 
-    Values are shown per square centimetre; with a cohort size, patient weightings are
-    shown as a percentage of the cohort's patients per cm2.
+    The colour bar says what the values are, truthfully for each weighting
+    (:meth:`tpmap.research.DensityGrid.display`): with the cohort's size, the default map
+    reads "% of N patients with a mark within 1.5 cm"; smoothed mark maps read "marks per
+    cm²". Hidden spots (small-cell suppression, dominance) are transparent.
     """
     fig = image_map(
         atlas, view, grid.spec, title=title, height=height, toolbar=toolbar, layer=layer
@@ -546,13 +545,10 @@ def update_difference_map(
     fig: figure, diff: Any, *, labels: tuple[str, str] = ("A", "B"), title: str | None = None
 ) -> None:
     """Put a new difference grid on a figure made by :func:`difference_map`."""
-    label = (
-        f"{labels[0]} (n={diff.n_cohort_a}) minus {labels[1]} (n={diff.n_cohort_b}), "
-        "% of patients per cm²"
-    )
-    _set_image(
-        fig, diff.values / diff.spec.cell**2, diverging=True, colour_title=label, title=title
-    )
+    label = f"{labels[0]} (n={diff.n_cohort_a}) minus {labels[1]} (n={diff.n_cohort_b}), "
+    label += diff.label
+    values = diff.values if diff.a.weighting == "patients" else diff.values / diff.spec.cell**2
+    _set_image(fig, values, diverging=True, colour_title=label, title=title)
 
 
 def _draw_landmarks(fig: figure, atlas: Atlas, view: str) -> None:

@@ -11,6 +11,7 @@ the snapshot) and swaps in a new data set only if something changed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -19,6 +20,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
 
 from tpmap.research._disclosure import CellKey
 from tpmap.research._frames import stable_order
@@ -64,6 +68,20 @@ class SharedDataset:
         self._progress = "not loaded yet"
         self._cell_key: CellKey | None = None
         self.loads = 0  # full loads done (tests and benchmarks read it)
+
+    @classmethod
+    def of(cls, data: Dataset, *, cell_key: CellKey | None = None) -> SharedDataset:
+        """A shared data set holding ``data`` as it is (never reloaded): for notebooks,
+        tests and benchmarks that loaded the data themselves."""
+        shared = cls(None, snapshot=False, max_age=float("inf"))
+        order = stable_order(data.marks["patient_id"].to_numpy())
+        if (np.diff(order) < 0).any():
+            data = _with_marks(data, data.marks.take(order).reset_index(drop=True))
+        shared._data = data
+        shared._checked = time.monotonic()
+        shared._progress = "ready"
+        shared._cell_key = cell_key or CellKey()
+        return shared
 
     # ---------------------------------------------------------------- state
     @property
@@ -150,17 +168,7 @@ class SharedDataset:
             # Patient order: density maps then fill their bitmaps without sorting.
             order = stable_order(data.marks["patient_id"].to_numpy())
             marks = data.marks.take(order).reset_index(drop=True)
-            data = Dataset(
-                marks=marks,
-                cohort=data.cohort,
-                outcomes=data.outcomes,
-                loaded_at=data.loaded_at,
-                n_deleted_excluded=data.n_deleted_excluded,
-                atlas_versions=data.atlas_versions,
-                sessions=data.sessions,
-                snapshot=data.snapshot,
-                refresh=data.refresh,
-            )
+            data = _with_marks(data, marks)
             self._fingerprint = self._tables_fingerprint()
             self._data = data
             self.loads += 1
@@ -212,3 +220,7 @@ class SharedDataset:
         engine = getattr(self, "_own_engine", None)
         if engine is not None:
             engine.dispose()
+
+
+def _with_marks(data: Dataset, marks: pd.DataFrame) -> Dataset:
+    return dataclasses.replace(data, marks=marks)

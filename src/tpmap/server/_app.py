@@ -39,7 +39,11 @@ class Settings:
     user : str
         Recorded as the creator of marks (until sign-in arrives).
     min_patients : int
-        Small-cell suppression threshold of research outputs.
+        The floor of small-cell suppression (k) for research outputs: the researcher page and
+        its downloads use ``max(requested, min_patients)``.
+    snapshot_dir : str or None
+        Directory of the research data's Parquet snapshots (and the perturbation key);
+        None means ``$TPMAP_SNAPSHOT_DIR``, else the user cache directory.
     """
 
     database_url: str | None = None
@@ -47,6 +51,7 @@ class Settings:
     port: int = 5006
     user: str = "clinician"
     min_patients: int = 5
+    snapshot_dir: str | None = None
     extra_origins: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -107,7 +112,12 @@ def build_server(settings: Settings, *, store: Any = None, **server_kwargs: Any)
     threading.Thread(target=atlas.warm, name="tpmap-atlas-warm", daemon=True).start()
     if store is None:
         store = open_store(settings.database_url)
-    context = {"atlas": atlas, "store": store, "settings": settings}
+    # One research data set per process, loaded when a researcher page first needs it and
+    # shared by every tab (tpmap.research.SharedDataset: no Bokeh, its own worker thread).
+    from tpmap.research import SharedDataset
+
+    research = SharedDataset(store, snapshot=settings.snapshot_dir)
+    context = {"atlas": atlas, "store": store, "settings": settings, "research": research}
     apps = {
         path: Application(FunctionHandler(_page(make, context))) for path, make in _pages().items()
     }
