@@ -1065,3 +1065,22 @@ def test_below_the_floor_warns_and_below_zero_fails(ten):
         warnings.simplefilter("error")
         muscle_table(marks, cohort, min_patients=5)  # at the floor: silent
     assert math.isfinite(muscle_table(marks, cohort, min_patients=5)["pct"].iloc[0])
+
+
+@pytest.mark.parametrize("weighting", research.WEIGHTINGS)
+def test_precomputed_cells_give_the_same_maps(weighting):
+    marks = random_marks(600, 40, seed=5)
+    views = np.where(np.arange(len(marks)) % 3 == 0, "posterior", "anterior")
+    marks["view"] = pd.Categorical(views, categories=list(research.VIEWS))
+    marks.loc[5, "x"] = 99.0  # off the grid
+    grids = research.view_grids(
+        type("A", (), {"views": ("anterior", "posterior"), "bounds": lambda self, v: BOUNDS})()
+    )
+    cells = research.view_cells(marks, grids)
+    assert cells.dtype == np.uint16 and cells[5] == np.iinfo(np.uint16).max
+    plain = density_grid(marks, "anterior", bounds=BOUNDS, weighting=weighting)
+    fast = density_grid(marks, "anterior", bounds=BOUNDS, weighting=weighting, cells=cells)
+    np.testing.assert_array_equal(plain.values, fast.values)
+    assert (fast.n_marks, fast.n_out_of_bounds) == (plain.n_marks, plain.n_out_of_bounds)
+    with pytest.raises(ValueError, match="one entry per row"):
+        density_grid(marks, "anterior", bounds=BOUNDS, cells=cells[1:])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,19 @@ _DIV_TIPS = [
 ]
 
 
+# Named parts of each map figure, found once: select_one walks every model of the figure
+# (about 35 ms for a map), which a page redrawing on the server's event loop cannot afford.
+_PARTS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _named(fig: figure, name: str) -> Any:
+    parts = _PARTS.setdefault(fig, {})
+    model = parts.get(name)
+    if model is None:
+        model = parts[name] = fig.select_one({"name": name})
+    return model
+
+
 def _set_mapper(mapper: LinearColorMapper, values: np.ndarray, diverging: bool) -> None:
     finite = values[np.isfinite(values)]
     if diverging:
@@ -385,7 +399,7 @@ def update_muscle_map(
     Only the numbers, the colour scale and the titles change, so a page sends a few
     kilobytes to the browser instead of a new figure.
     """
-    source = fig.select_one({"name": "map-source"})
+    source = _named(fig, "map-source")
     rows: dict[tuple[str, str | None], dict[str, Any]] = {}
     if table is not None and len(table):
         has_side = "side" in table.columns
@@ -399,9 +413,9 @@ def update_muscle_map(
     for c in _MAP_COLUMNS:
         update[c] = [np.nan if rec is None or c not in rec else rec[c] for rec in found]
     source.data.update(update)
-    _set_mapper(fig.select_one({"name": "map-mapper"}), np.asarray(update["value"]), diverging)
-    fig.select_one({"name": "map-hover"}).tooltips = _DIV_TIPS if diverging else _SEQ_TIPS
-    fig.select_one({"name": "colour-bar"}).title = colour_title or value
+    _set_mapper(_named(fig, "map-mapper"), np.asarray(update["value"]), diverging)
+    _named(fig, "map-hover").tooltips = _DIV_TIPS if diverging else _SEQ_TIPS
+    _named(fig, "colour-bar").title = colour_title or value
     if title is not None:
         fig.title.text = title
 
@@ -474,9 +488,9 @@ def image_map(
 def _set_image(
     fig: figure, values: np.ndarray, *, diverging: bool, colour_title: str, title: str | None
 ) -> None:
-    fig.select_one({"name": "image-source"}).data["image"] = [values]
-    _set_mapper(fig.select_one({"name": "map-mapper"}), values, diverging)
-    fig.select_one({"name": "colour-bar"}).title = colour_title
+    _named(fig, "image-source").data["image"] = [values]
+    _set_mapper(_named(fig, "map-mapper"), values, diverging)
+    _named(fig, "colour-bar").title = colour_title
     if title is not None:
         fig.title.text = title
 

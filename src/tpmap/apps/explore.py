@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from bokeh.document import Document
 from bokeh.layouts import column, row
@@ -604,7 +605,10 @@ class ExplorePage:
                 return Result(req, pd.DataFrame(), "", refused=result)
             table, grid, what, meaning = result
         elif req.mode == "density":
-            grid = research.density_grid(marks_v, view, **grid_kw)  # type: ignore[arg-type]
+            spec = research.GridSpec.from_bounds(self.atlas.bounds(view), CELL)
+            grid = research.density_grid(
+                marks_v, view, cells=_cells(data, marks_v, spec, req), **grid_kw
+            )  # type: ignore[arg-type]
             table = _drop_cells(
                 research.muscle_table(marks, cohort, min_patients=k, perturbation=noise), hidden
             )
@@ -651,8 +655,7 @@ class ExplorePage:
 
     def _responder_note(self, req: Request, cohort: pd.DataFrame, noise: Any, k: int) -> str:
         assert req.rule is not None
-        unknown = cohort.loc[cohort["responder"] == "unknown", "patient_id"].nunique()
-        shown = f"fewer than {k}" if 0 < unknown < k else str(unknown)
+        shown = _small(cohort.loc[cohort["responder"] == "unknown"], noise, k)
         return f"Responder: {req.rule.describe()}; unknown status: {shown} patients."
 
     def _compare(self, req, data, cohort_all, f, cohort, marks, noise, grid_kw):
@@ -680,12 +683,14 @@ class ExplorePage:
         table = _drop_cells(table, hidden)
         what = f"Group A: {labels[0]}, {na} patients. Group B: {labels[1]}, {nb} patients"
         if req.group_by == "responder":
-            unknown = cohort.loc[cohort["responder"] == "unknown", "patient_id"].nunique()
-            what += f"; {unknown if unknown >= k or unknown == 0 else f'fewer than {k}'}"
-            what += " patients of unknown status are in neither"
+            unknown = _small(cohort.loc[cohort["responder"] == "unknown"], noise, k)
+            what += f"; {unknown} patients of unknown status are in neither"
         both = table.attrs.get("n_in_both", 0)
         if both:
-            what += f"; {both if both >= k else f'fewer than {k}'} patients are in both"
+            in_both = np.intersect1d(ca["patient_id"].to_numpy(), cb["patient_id"].to_numpy())
+            what += (
+                f"; {_small(pd.DataFrame({'patient_id': in_both}), noise, k)} patients are in both"
+            )
         grid = None
         if req.mode == "density":
             view, layer = req.view, req.layer
@@ -947,6 +952,25 @@ def _date(value: Any) -> dt.date | None:
     return pd.Timestamp(value).date()
 
 
+def _cells(data: research.Dataset, marks: pd.DataFrame, spec: research.GridSpec, req) -> Any:
+    """The shared data set's precomputed cells of ``marks`` in ``spec`` (None: compute them).
+
+    Folded marks moved, so their precomputed cells no longer apply.
+    """
+    view = req.view
+    if req.fold or data.cells is None or (data.grids or {}).get(view) != spec:
+        return None
+    return data.cells[marks.index.to_numpy()]
+
+
+def _small(frame: pd.DataFrame, noise: research.CellKey | None, k: int) -> str:
+    """A patient count for a legend: "fewer than k" for 1 .. k-1, else as displayed."""
+    n = int(pd.unique(frame["patient_id"].to_numpy()).size)
+    if 0 < n < k:
+        return f"fewer than {k}"
+    return str(_count(frame, noise, k)) if n else "0"
+
+
 def _count(cohort: pd.DataFrame, noise: research.CellKey | None, k: int) -> int:
     ids = cohort["patient_id"].to_numpy()
     if noise is None:
@@ -1031,15 +1055,18 @@ def make_document(
     from tpmap import research as _research
 
     shared = research
+    atlas = atlas or load_atlas()
     if shared is None:
         if dataset is not None:
-            shared = _research.SharedDataset.of(dataset)
+            shared = _research.SharedDataset.of(dataset, grids=_research.view_grids(atlas, CELL))
         else:
             snapshot = getattr(settings, "snapshot_dir", None)
-            shared = _research.SharedDataset(store, snapshot=snapshot)
+            shared = _research.SharedDataset(
+                store, snapshot=snapshot, grids=_research.view_grids(atlas, CELL)
+            )
     return ExplorePage(
         doc,
         shared=shared,
-        atlas=atlas or load_atlas(),
+        atlas=atlas,
         policy=policy or policy_for(settings, user),
     )

@@ -28,6 +28,7 @@ Examples
 from __future__ import annotations
 
 from tpmap.research._density import (
+    DEFAULT_CELL,
     WEIGHTINGS,
     DensityGrid,
     DifferenceGrid,
@@ -36,6 +37,8 @@ from tpmap.research._density import (
     density_grid,
     difference_grid,
     sort_for_density,
+    view_cells,
+    view_grids,
 )
 from tpmap.research._disclosure import (
     DEFAULT_MIN_PATIENTS,
@@ -87,6 +90,7 @@ __all__ = [
     "AGE_BANDS",
     "BH_FAMILY",
     "DATASET_MARK_COLUMNS",
+    "DEFAULT_CELL",
     "DEFAULT_MIN_PATIENTS",
     "EXPORT_COLUMNS",
     "INSTRUMENTS",
@@ -128,6 +132,8 @@ __all__ = [
     "responders",
     "sort_for_density",
     "to_days",
+    "view_cells",
+    "view_grids",
     "wilson_interval",
     "withheld_positions",
 ]

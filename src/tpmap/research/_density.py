@@ -30,11 +30,13 @@ patient (as the server keeps them) fill the bitmaps without sorting; others are 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import math
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -47,6 +49,7 @@ from scipy import ndimage
 from tpmap.research._frames import VIEWS, stable_order
 
 __all__ = [
+    "DEFAULT_CELL",
     "WEIGHTINGS",
     "DensityGrid",
     "DifferenceGrid",
@@ -55,6 +58,8 @@ __all__ = [
     "density_grid",
     "difference_grid",
     "sort_for_density",
+    "view_cells",
+    "view_grids",
 ]
 
 Weighting = Literal["patients", "marks", "patient_normalised"]
@@ -126,10 +131,25 @@ _BLOCK = 1 << 17
 # Above this many points the work is split between threads (numpy releases the GIL).
 _PARALLEL = 1 << 21
 _POOL: ThreadPoolExecutor | None = None
+_LOCAL = threading.local()
 
 
 def _threads() -> int:
+    if getattr(_LOCAL, "single", False):
+        return 1
     return max(1, min(2, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Compute density maps on the calling thread only (the server's research worker does,
+    so that a core stays free for the event loop and the clinicians' taps)."""
+    previous = getattr(_LOCAL, "single", False)
+    _LOCAL.single = True
+    try:
+        yield
+    finally:
+        _LOCAL.single = previous
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -336,18 +356,26 @@ def _dilate(bm: np.ndarray, rows: Sequence[int], work: dict[object, np.ndarray])
 
 
 def _patient_codes(patient: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """Dense patient codes in ascending order, and the sorting order (None if sorted)."""
+    """Patient codes in ascending order (0 .. n-1), and the sorting order (None if sorted).
+
+    Database ids are dense, so sorted ids minus the smallest are codes already (a few unused
+    codes cost a few unused bits); sparse ids are renumbered.
+    """
     if not len(patient):
-        return np.zeros(0, dtype=np.int64), None, 0
+        return np.zeros(0, dtype=np.int32), None, 0
     if (patient[1:] >= patient[:-1]).all():
-        change = np.empty(len(patient), dtype=bool)
-        change[0] = True
-        np.not_equal(patient[1:], patient[:-1], out=change[1:])
-        codes = np.cumsum(change, dtype=np.int64) - 1
+        low, high = int(patient[0]), int(patient[-1])
+        change = np.count_nonzero(patient[1:] != patient[:-1]) + 1
+        if high - low < 2 * change + 64:
+            return (patient - low).astype(np.int32, copy=False), None, high - low + 1
+        first = np.empty(len(patient), dtype=bool)
+        first[0] = True
+        np.not_equal(patient[1:], patient[:-1], out=first[1:])
+        codes = np.cumsum(first, dtype=np.int32) - 1
         return codes, None, int(codes[-1]) + 1
     codes, uniques = pd.factorize(patient, sort=True)
     order = stable_order(codes)
-    return codes[order].astype(np.int64), order, len(uniques)
+    return codes[order].astype(np.int32), order, len(uniques)
 
 
 def patients_within(
@@ -371,7 +399,9 @@ def patients_within(
     n_rounds = len(starts) - 1
     n_chunks = -(-n_patients // per_chunk)
     # Flat bitmap index of every point: cell * words + the patient's word within the round.
-    flat_index = cells.astype(np.int64) * words + (codes % words)
+    index_type = np.int32 if ny * nx * words < 2**31 else np.int64
+    flat_index = cells.astype(index_type) * words
+    flat_index += (codes & (words - 1)).astype(index_type, copy=False)
 
     def work(chunks: range) -> np.ndarray:
         total = np.zeros((ny, nx), dtype=np.int32)
@@ -398,6 +428,54 @@ def patients_within(
     futures = [_pool().submit(work, range(i, n_chunks, parts)) for i in range(parts)]
     results = [f.result() for f in futures]
     return sum(results[1:], results[0])
+
+
+#: The page's density grid: cells of 0.5 cm over each view's bounds.
+DEFAULT_CELL = 0.5
+
+
+def view_grids(atlas: object, cell: float = DEFAULT_CELL) -> dict[str, GridSpec]:
+    """The grid of each view of ``atlas`` (anything with ``views`` and ``bounds(view)``)."""
+    return {
+        view: GridSpec.from_bounds(atlas.bounds(view), cell)  # type: ignore[attr-defined]
+        for view in atlas.views  # type: ignore[attr-defined]
+    }
+
+
+def view_cells(marks: pd.DataFrame, grids: dict[str, GridSpec]) -> np.ndarray:
+    """Each mark's flat cell index in the grid of its own view, computed once.
+
+    A shared data set keeps this (2 bytes a mark): every density map of the page then bins
+    its marks with one ``bincount``, without index arithmetic. Marks off their view's grid,
+    or of a view without one, get the largest value of the dtype (``OFF_GRID``).
+    """
+    top = max((g.nx * g.ny for g in grids.values()), default=0)
+    dtype = np.uint16 if top < np.iinfo(np.uint16).max else np.uint32
+    off = np.iinfo(dtype).max
+    out = np.full(len(marks), off, dtype=dtype)
+    if not len(marks):
+        return out
+    codes = (
+        marks["view"].cat.codes.to_numpy()
+        if isinstance(marks["view"].dtype, pd.CategoricalDtype)
+        else None
+    )
+    names = list(marks["view"].cat.categories) if codes is not None else []
+    x_all, y_all = marks["x"].to_numpy(), marks["y"].to_numpy()
+    for view, spec in grids.items():
+        if codes is not None:
+            if view not in names:
+                continue
+            rows = np.flatnonzero(codes == names.index(view))
+        else:
+            rows = np.flatnonzero((marks["view"] == view).to_numpy())
+        x, y, inside = _in_bounds(x_all[rows], y_all[rows], spec)
+        if inside is not None:
+            rows = rows[inside]
+        cells = np.empty(len(rows), dtype=np.intp)
+        _cells_into(x, y, spec, cells)
+        out[rows] = cells.astype(dtype)
+    return out
 
 
 def sort_for_density(marks: pd.DataFrame) -> pd.DataFrame:
@@ -492,6 +570,7 @@ def density_grid(
     dominance: float = 0.5,
     support_radius: float | None = None,
     perturbation: object | None = None,
+    cells: np.ndarray | None = None,
 ) -> DensityGrid:
     """The density map of the marks of one ``view`` on a grid over ``bounds`` (cm).
 
@@ -524,6 +603,9 @@ def density_grid(
         ``1 / dominance`` patients). 1 turns the rule off.
     perturbation
         A :class:`~tpmap.research.CellKey`: shown values carry its consistent noise.
+    cells
+        Precomputed flat cell indexes of ``marks`` in this grid (:func:`view_cells`, rows
+        aligned with ``marks``): the binning is then one ``bincount``.
 
     Examples
     --------
@@ -546,13 +628,27 @@ def density_grid(
     views = marks["view"]
     in_view = (views == view).to_numpy() if len(views) else np.zeros(0, dtype=bool)
     sub = marks if in_view.all() else marks.loc[in_view]
-    x, y, inside = _in_bounds(sub["x"].to_numpy(), sub["y"].to_numpy(), spec)
-    n_out = len(sub) - len(x)
     pid = sub["patient_id"].to_numpy()
-    if inside is not None:
-        pid = pid[inside]
-    cells = np.empty(len(x), dtype=np.intp)
-    _cells_into(x, y, spec, cells)
+    if cells is not None:
+        given = np.asarray(cells)
+        if len(given) != len(marks):
+            raise ValueError("cells must have one entry per row of marks")
+        if not in_view.all():
+            given = given[in_view]
+        on_grid = given < spec.nx * spec.ny
+        n_out = int((~on_grid).sum())
+        if n_out:
+            given, pid = given[on_grid], pid[on_grid]
+        cells = given.astype(np.intp)
+        n_marks = len(cells)
+    else:
+        x, y, inside = _in_bounds(sub["x"].to_numpy(), sub["y"].to_numpy(), spec)
+        n_out = len(sub) - len(x)
+        if inside is not None:
+            pid = pid[inside]
+        cells = np.empty(len(x), dtype=np.intp)
+        _cells_into(x, y, spec, cells)
+        n_marks = len(x)
     codes, order, n_patients = _patient_codes(pid)
     if order is not None:
         cells = cells[order]
@@ -610,7 +706,7 @@ def density_grid(
         spec=spec,
         values=values,
         weighting=weighting,
-        n_marks=len(x),
+        n_marks=n_marks,
         n_patients=n_patients,
         total_weight=total,
         min_patients=min_patients,
@@ -675,25 +771,54 @@ def _dominated(
     nblocks = nby * nbx
     w = np.ones(len(codes)) if weights is None else weights
 
+    k = 2 * half + 1
+    chunk = max(1, (1 << 21) // nblocks)
+    buffer = np.zeros((chunk, nby + k, nbx + k))  # float64: summed-area tables stay exact
+
     def box(a: np.ndarray) -> np.ndarray:
-        # Sum over the (2 half + 1)^2 square of blocks, for a stack of (p, nby, nbx) arrays.
-        pad = np.pad(a, [(0, 0), (half + 1, half), (half + 1, half)])
-        c = pad.cumsum(axis=1).cumsum(axis=2)
-        k = 2 * half + 1
-        return c[:, k:, k:] - c[:, :-k, k:] - c[:, k:, :-k] + c[:, :-k, :-k]
+        # Sum over the (2 half + 1)^2 square of blocks around each block, for a stack of
+        # (p, nby, nbx) arrays: summed-area table in one reused, zero-padded buffer.
+        buf = buffer[: len(a)]
+        buf[:, : half + 1, :] = 0
+        buf[:, :, : half + 1] = 0
+        buf[:, half + 1 : half + 1 + nby, half + 1 : half + 1 + nbx] = a
+        buf[:, half + 1 + nby :, :] = 0
+        buf[:, :, half + 1 + nbx :] = 0
+        np.cumsum(buf, axis=1, out=buf)
+        np.cumsum(buf, axis=2, out=buf)
+        out = buf[:, k:, k:] - buf[:, :-k, k:]
+        out -= buf[:, k:, :-k]
+        out += buf[:, :-k, :-k]
+        return out
 
     total = box(np.bincount(bcell, weights=w, minlength=nblocks).reshape(1, nby, nbx))[0]
+    # Only a patient whose whole weight exceeds the share of the smallest total in reach of
+    # one of their marks can dominate anywhere: the others need no per-patient pass.
+    reach = ndimage.minimum_filter(total, size=2 * half + 1, mode="nearest").ravel()[bcell]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    weight = np.add.reduceat(w, starts)
+    lowest = np.minimum.reduceat(reach, starts)
+    candidate = np.zeros(n_patients, dtype=bool)
+    candidate[codes[starts][weight > share * lowest]] = True
+    keep = candidate[codes]
+    codes, bcell, w = codes[keep], bcell[keep], w[keep]
     top = np.zeros((nby, nbx))
-    chunk = max(1, (1 << 22) // nblocks)
-    bounds = np.searchsorted(codes, np.arange(0, n_patients + chunk, chunk))
+    if not len(codes):
+        return np.zeros(spec.shape, dtype=bool)
+    # Renumber the candidates densely so that the chunks hold only them.
+    first = np.r_[True, codes[1:] != codes[:-1]]
+    codes = np.cumsum(first) - 1
+    n_candidates = int(codes[-1]) + 1
+    bounds = np.searchsorted(codes, np.arange(0, n_candidates + chunk, chunk))
     for j in range(len(bounds) - 1):
         lo, hi = bounds[j], bounds[j + 1]
         if lo == hi:
             continue
         local = (codes[lo:hi] - j * chunk) * nblocks + bcell[lo:hi]
         per = np.bincount(local, weights=w[lo:hi], minlength=chunk * nblocks)
-        top = np.maximum(top, box(per.reshape(chunk, nby, nbx)).max(axis=0))
-    dominated = top > share * total + 1e-12
+        n_here = -(-len(per) // nblocks)
+        top = np.maximum(top, box(per.reshape(n_here, nby, nbx)).max(axis=0))
+    dominated = top > share * total * (1 + 1e-9) + 1e-12
     full = np.repeat(np.repeat(dominated, block, axis=0), block, axis=1)
     return full[:ny, :nx]
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import calendar
 import datetime as _dt
 import hashlib
+import itertools
 import math
 import secrets
 import threading
@@ -287,12 +288,11 @@ class CellKey:
         """Perturb ``n_patients`` and ``n_marks`` of a per-muscle table, and the cohort size."""
         out = table.copy()
         if len(out):
-            pairs = marks[[*keys, "patient_id"]].drop_duplicates()
-            pairs = pairs.assign(key=self.patient_keys(pairs["patient_id"].to_numpy()))
-            sums = pairs.groupby(keys, observed=True)["key"].sum()
-            index = pd.MultiIndex.from_frame(out[keys].astype(str))
-            sums.index = pd.MultiIndex.from_frame(sums.index.to_frame().astype(str))
-            cell_keys = sums.reindex(index).fillna(0.0).to_numpy()
+            cells, labels, patients = cell_patient_pairs(marks, keys)
+            sums = np.bincount(cells, weights=self.patient_keys(patients), minlength=len(labels))
+            lookup = {label: i for i, label in enumerate(labels)}
+            rows = [lookup.get(tuple(str(v) for v in r)) for r in out[keys].itertuples(index=False)]
+            cell_keys = np.array([0.0 if i is None else sums[i] for i in rows])
             out["n_patients"] = self.perturb(out["n_patients"].to_numpy(), cell_keys, floor)
             if "n_marks" in out.columns:
                 # Marks: the same patients' key, shifted, so its noise is a separate draw.
@@ -322,6 +322,37 @@ class CellKey:
             peak = 1.0 / (2.0 * math.pi * max(sigma_cells, 1e-9) ** 2)
             noisy = np.maximum(filled + noise * peak, 0.0)
         return np.where(shown, noisy, np.nan)
+
+
+def cell_patient_pairs(
+    marks: pd.DataFrame, keys: list[str]
+) -> tuple[np.ndarray, list[tuple[str, ...]], np.ndarray]:
+    """The distinct (cell, patient) pairs of ``marks``, cells being the ``keys`` columns.
+
+    Returns the cell code of each pair, the cell labels (tuples of strings) and the pair's
+    patient id.
+    """
+    codes = []
+    labels = []
+    for key in keys:
+        c, lab = category_codes(marks[key])
+        codes.append(c.astype(np.int64))
+        labels.append(lab)
+    cell = np.zeros(len(marks), dtype=np.int64)
+    valid = np.ones(len(marks), dtype=bool)
+    for c, lab in zip(codes, labels, strict=True):
+        valid &= c >= 0
+        cell = cell * max(len(lab), 1) + np.maximum(c, 0)
+    n_cells = int(np.prod([max(len(lab), 1) for lab in labels]))
+    pid = marks["patient_id"].to_numpy()
+    pcode, uniques = pd.factorize(pid[valid])
+    key = cell[valid] * max(len(uniques), 1) + pcode
+    present = np.zeros(n_cells * max(len(uniques), 1), dtype=bool)
+    present[key] = True
+    flat = np.flatnonzero(present)
+    pair_cell, pair_patient = np.divmod(flat, max(len(uniques), 1))
+    all_labels = [tuple(t) for t in itertools.product(*labels)]
+    return pair_cell, all_labels, np.asarray(uniques)[pair_patient]
 
 
 def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -626,10 +657,9 @@ def _new_per_cell(
     key = key[~seen[key]]
     if not len(key):
         return np.zeros(n_cells, dtype=np.int64)
-    key = np.sort(key)
-    first = np.ones(len(key), dtype=bool)
-    first[1:] = key[1:] != key[:-1]
-    return np.bincount(key[first] // n, minlength=n_cells)
+    added = np.zeros(len(seen), dtype=bool)
+    added[key] = True  # a presence table: distinct without sorting
+    return added.reshape(n_cells, n).sum(axis=1)
 
 
 def _new_per_value_cell(
@@ -639,10 +669,14 @@ def _new_per_value_cell(
     key = cell.astype(np.int64) * n + pat
     new = ~seen[key]
     value, key = value[new].astype(np.int64), key[new]
-    n_values = int(value.max()) + 1 if len(value) else 0
     if not len(key):
         return np.zeros((0, n_cells), dtype=np.int64)
+    n_values = int(value.max()) + 1
     span = n_cells * n
+    if n_values * span <= 1 << 26:
+        added = np.zeros(n_values * span, dtype=bool)
+        added[value * span + key] = True
+        return added.reshape(n_values, n_cells, n).sum(axis=2)
     combined = np.sort(value * span + key)
     first = np.ones(len(combined), dtype=bool)
     first[1:] = combined[1:] != combined[:-1]

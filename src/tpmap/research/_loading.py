@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tpmap import model
+from tpmap.research._density import GridSpec
 from tpmap.research._filters import Filters
 from tpmap.research._frames import (
     DATASET_MARK_COLUMNS,
@@ -80,6 +81,9 @@ class Dataset:
         Soft-deleted marks left out.
     atlas_versions
         Atlas versions the visible marks were placed with (sorted).
+    grids, cells
+        Set by :class:`SharedDataset`: the page's grid of each view, and each mark's cell in
+        its view's grid (:func:`view_cells`; aligned with the rows of ``marks``).
     """
 
     marks: pd.DataFrame
@@ -91,6 +95,8 @@ class Dataset:
     sessions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SESSION_COLUMNS))
     snapshot: Path | None = None
     refresh: RefreshStats | None = field(default=None, repr=False)
+    grids: dict[str, GridSpec] | None = field(default=None, repr=False)
+    cells: np.ndarray | None = field(default=None, repr=False)
 
     def filter(self, filters: Filters) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``(cohort, marks)`` after ``filters`` (see :meth:`Filters.apply`)."""
@@ -305,6 +311,24 @@ def marks_from_arrow(table: pa.Table) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+#: Rows fetched per batch from the database driver.
+_BATCH = 20_000
+
+
+def _rows(conn: object, stmt: object) -> list[tuple[object, ...]]:
+    """All rows of ``stmt``, fetched in batches.
+
+    A driver's fetchall builds every row in one C call that holds the GIL; on a server with
+    10^5 sessions that stalls every other thread (the clinicians' taps) for ~100 ms.
+    Batches let the event loop in between.
+    """
+    result = conn.execution_options(yield_per=_BATCH).execute(stmt)  # type: ignore[attr-defined]
+    out: list[tuple[object, ...]] = []
+    for batch in result.partitions():
+        out.extend(tuple(r) for r in batch)
+    return out
+
+
 def _read_episodes(conn: object) -> pd.DataFrame:
     from sqlalchemy import select
 
@@ -320,7 +344,7 @@ def _read_episodes(conn: object) -> pd.DataFrame:
         e.c.affected_side,
         e.c.start_date,
     ).join_from(e, p, p.c.id == e.c.patient_id)
-    rows = conn.execute(stmt).all()  # type: ignore[attr-defined]
+    rows = _rows(conn, stmt)
     columns = ["patient_id", "episode_id", "sex", "birth_year", "condition", "affected_side"]
     return pd.DataFrame.from_records(rows, columns=[*columns, "start_date"])
 
@@ -346,7 +370,7 @@ def _read_sessions(conn: object) -> tuple[pd.DataFrame, pd.DataFrame]:
         .join_from(s, e, e.c.id == s.c.episode_id)
         .order_by(s.c.id)
     )
-    rows = conn.execute(stmt).all()  # type: ignore[attr-defined]
+    rows = _rows(conn, stmt)
     raw = pd.DataFrame.from_records(
         rows, columns=["session_id", "episode_id", "patient_id", "day", "clinician", "before"]
     )
@@ -390,13 +414,15 @@ def _read_outcomes(conn: object, before: pd.DataFrame) -> pd.DataFrame:
     e, o = EpisodeRow.__table__, OutcomeMeasureRow.__table__
     measured = select(e.c.patient_id, o.c.episode_id, o.c.instrument, o.c.score, o.c.date)
     measured = measured.join_from(o, e, e.c.id == o.c.episode_id)
-    rows = [(*r, "outcome_measures") for r in conn.execute(measured).all()]  # type: ignore[attr-defined]
+    rows = [(*r, "outcome_measures") for r in _rows(conn, measured)]
     columns = ["patient_id", "episode_id", "instrument", "score", "date", "source"]
     frame = pd.DataFrame.from_records(rows, columns=columns)
-    frame = pd.concat([frame, before[columns]], ignore_index=True) if len(before) else frame
-    frame = frame.astype({"patient_id": np.int32, "episode_id": np.int32, "score": float})
-    frame["instrument"] = frame["instrument"].astype(str)
+    # Dates to datetime64 before concatenating: mixing them with the sessions' datetime64
+    # column would box every value into a Python object (slow, and holding the GIL).
     frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[s]")
+    frame = frame.astype({"patient_id": np.int32, "episode_id": np.int32, "score": float})
+    frame = pd.concat([frame, before[columns]], ignore_index=True) if len(before) else frame
+    frame["instrument"] = frame["instrument"].astype(str)
     frame["source"] = pd.Categorical(frame["source"], dtype=_SOURCE_DTYPE)
     return frame.sort_values(["patient_id", "episode_id", "instrument", "date"]).reset_index(
         drop=True

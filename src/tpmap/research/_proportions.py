@@ -84,14 +84,28 @@ def patient_counts(
     Returns the counts (``muscle``, ``side``, ``n_marks``, ``n_patients``) and the number of
     distinct patients in the cohort.
     """
+    from tpmap.research._disclosure import cell_patient_pairs
+    from tpmap.research._filters import category_codes
+
     n_cohort = patient_count(cohort)
     marks = counted_marks(marks, cohort)
     keys = ["muscle", "side"] if by_side else ["muscle"]
-    grouped = marks.groupby(keys, observed=True, sort=True)["patient_id"]
-    counts = pd.DataFrame({"n_marks": grouped.size(), "n_patients": grouped.nunique()})
-    counts = counts.reset_index()
-    for key in keys:  # plain strings: the categories of unused muscles are noise downstream
-        counts[key] = counts[key].astype(str)
+    pair_cell, labels, _patients = cell_patient_pairs(marks, keys)
+    # Marks per cell, with the same cell codes as the pairs.
+    cell = np.zeros(len(marks), dtype=np.int64)
+    valid = np.ones(len(marks), dtype=bool)
+    for key in keys:
+        codes, names = category_codes(marks[key])
+        valid &= codes >= 0
+        cell = cell * max(len(names), 1) + np.maximum(codes, 0)
+    n_marks = np.bincount(cell[valid], minlength=len(labels))
+    n_patients = np.bincount(pair_cell, minlength=len(labels))
+    used = np.flatnonzero(n_marks)
+    counts = pd.DataFrame([labels[i] for i in used], columns=keys)
+    if counts.empty:
+        counts = pd.DataFrame({key: pd.Series(dtype=str) for key in keys})
+    counts["n_marks"] = n_marks[used].astype(np.int64)
+    counts["n_patients"] = n_patients[used].astype(np.int64)
     return counts, n_cohort
 
 

@@ -13,17 +13,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import pandas as pd
 
+from tpmap.research._density import GridSpec, single_threaded, view_cells
 from tpmap.research._disclosure import CellKey
 from tpmap.research._frames import stable_order
 from tpmap.research._loading import Dataset, load_dataset, snapshot_dir
@@ -45,6 +46,9 @@ class SharedDataset:
         As in :func:`load_dataset` (the server passes its settings' snapshot directory).
     max_age
         Seconds after which a page's request checks the database for changes.
+    grids
+        The page's density grid per view (:func:`view_grids`): each mark's cell is computed
+        once at load (2 bytes a mark) so that maps need no index arithmetic.
 
     Examples
     --------
@@ -53,9 +57,15 @@ class SharedDataset:
     """
 
     def __init__(
-        self, source: Any, *, snapshot: str | Path | bool | None = None, max_age: float = 30.0
+        self,
+        source: Any,
+        *,
+        snapshot: str | Path | bool | None = None,
+        max_age: float = 30.0,
+        grids: dict[str, GridSpec] | None = None,
     ) -> None:
         self._source = source
+        self._grids = grids
         self._snapshot = snapshot
         self.max_age = float(max_age)
         # One worker: loads, refreshes and every page's recomputation queue on it, so the
@@ -70,13 +80,17 @@ class SharedDataset:
         self.loads = 0  # full loads done (tests and benchmarks read it)
 
     @classmethod
-    def of(cls, data: Dataset, *, cell_key: CellKey | None = None) -> SharedDataset:
+    def of(
+        cls,
+        data: Dataset,
+        *,
+        cell_key: CellKey | None = None,
+        grids: dict[str, GridSpec] | None = None,
+    ) -> SharedDataset:
         """A shared data set holding ``data`` as it is (never reloaded): for notebooks,
         tests and benchmarks that loaded the data themselves."""
-        shared = cls(None, snapshot=False, max_age=float("inf"))
-        order = stable_order(data.marks["patient_id"].to_numpy())
-        if (np.diff(order) < 0).any():
-            data = _with_marks(data, data.marks.take(order).reset_index(drop=True))
+        shared = cls(None, snapshot=False, max_age=float("inf"), grids=grids)
+        data = shared._prepare(data)
         shared._data = data
         shared._checked = time.monotonic()
         shared._progress = "ready"
@@ -151,8 +165,16 @@ class SharedDataset:
             return self._job
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Run ``fn(*args)`` on the research worker (after any load under way)."""
-        return self.executor.submit(fn, *args)
+        """Run ``fn(*args)`` on the research worker (after any load under way).
+
+        The worker computes on one core: the other stays free for the event loop.
+        """
+
+        def run() -> T:
+            with single_threaded():
+                return fn(*args)
+
+        return self.executor.submit(run)
 
     def _say(self, message: str) -> None:
         self._progress = message
@@ -163,12 +185,11 @@ class SharedDataset:
                 self._checked = time.monotonic()
                 return self._data
             started = time.perf_counter()
+            self._refresh_elsewhere()
             data = load_dataset(self._source, snapshot=self._snapshot, progress=self._say)
             self._say(f"sorting {len(data.marks):,} marks ...".replace(",", " "))
-            # Patient order: density maps then fill their bitmaps without sorting.
-            order = stable_order(data.marks["patient_id"].to_numpy())
-            marks = data.marks.take(order).reset_index(drop=True)
-            data = _with_marks(data, marks)
+            data = self._prepare(data)
+            marks = data.marks
             self._fingerprint = self._tables_fingerprint()
             self._data = data
             self.loads += 1
@@ -185,6 +206,40 @@ class SharedDataset:
             self._say("failed")
             log.exception("loading the research data failed")
             raise
+
+    def _prepare(self, data: Dataset) -> Dataset:
+        """Marks in patient order (density maps then fill their bitmaps without sorting),
+        with each mark's cell in its view's grid."""
+        order = stable_order(data.marks["patient_id"].to_numpy())
+        marks = data.marks
+        if (np.diff(order) < 0).any():
+            marks = marks.take(order)
+        marks = marks.reset_index(drop=True)
+        cells = view_cells(marks, self._grids) if self._grids else None
+        return dataclasses.replace(data, marks=marks, grids=self._grids, cells=cells)
+
+    def _refresh_elsewhere(self) -> None:
+        """Bring the snapshot up to date in a child process.
+
+        Reading marks from the database is Python work that holds the GIL for most of its
+        time (row objects, conversions): in this process it would slow every clinician's tap
+        by milliseconds at a time, for the seconds a cold read of 10^6 marks takes. The
+        snapshot is safe with several processes, so a child refreshes it and this process
+        then only reads Parquet (which releases the GIL). Any failure falls back to the
+        refresh inside :func:`load_dataset`, which reports it in words.
+        """
+        engine = self._engine()
+        directory = snapshot_dir(engine, self._snapshot)
+        if directory is None:
+            return
+        self._say("reading changed marks from the database ...")
+        url = engine.url.render_as_string(hide_password=False)
+        try:
+            context = multiprocessing.get_context("spawn")  # no fork of a threaded server
+            with ProcessPoolExecutor(1, mp_context=context) as pool:
+                pool.submit(_refresh_snapshot, url, str(directory)).result()
+        except Exception:
+            log.debug("refreshing the snapshot in a child process failed", exc_info=True)
 
     def _tables_fingerprint(self) -> tuple[object, ...]:
         """Counts, highest ids and last session edit of the tables besides the marks."""
@@ -222,5 +277,13 @@ class SharedDataset:
             engine.dispose()
 
 
-def _with_marks(data: Dataset, marks: pd.DataFrame) -> Dataset:
-    return dataclasses.replace(data, marks=marks)
+def _refresh_snapshot(url: str, directory: str) -> None:
+    """Refresh the marks snapshot of ``url`` in ``directory`` (run in a child process)."""
+    from tpmap import _snapshot
+    from tpmap.store import make_engine
+
+    engine = make_engine(url)
+    try:
+        _snapshot.MarkSnapshot(Path(directory), engine).refresh()
+    finally:
+        engine.dispose()

@@ -114,9 +114,9 @@ def build_server(settings: Settings, *, store: Any = None, **server_kwargs: Any)
         store = open_store(settings.database_url)
     # One research data set per process, loaded when a researcher page first needs it and
     # shared by every tab (tpmap.research.SharedDataset: no Bokeh, its own worker thread).
-    from tpmap.research import SharedDataset
+    from tpmap.research import SharedDataset, view_grids
 
-    research = SharedDataset(store, snapshot=settings.snapshot_dir)
+    research = SharedDataset(store, snapshot=settings.snapshot_dir, grids=view_grids(atlas))
     context = {"atlas": atlas, "store": store, "settings": settings, "research": research}
     apps = {
         path: Application(FunctionHandler(_page(make, context))) for path, make in _pages().items()
