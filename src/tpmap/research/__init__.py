@@ -36,7 +36,6 @@ from tpmap.research._density import (
     bin_counts,
     density_grid,
     difference_grid,
-    sort_for_density,
     view_cells,
     view_grids,
 )
@@ -130,7 +129,6 @@ __all__ = [
     "load_dataset",
     "muscle_table",
     "responders",
-    "sort_for_density",
     "to_days",
     "view_cells",
     "view_grids",

@@ -31,7 +31,6 @@ patient (as the server keeps them) fill the bitmaps without sorting; others are 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import math
 import os
@@ -57,7 +56,6 @@ __all__ = [
     "bin_counts",
     "density_grid",
     "difference_grid",
-    "sort_for_density",
     "view_cells",
     "view_grids",
 ]
@@ -478,25 +476,6 @@ def view_cells(marks: pd.DataFrame, grids: dict[str, GridSpec]) -> np.ndarray:
     return out
 
 
-def sort_for_density(marks: pd.DataFrame) -> pd.DataFrame:
-    """The marks sorted by patient (then view, layer, y, x): density maps need no sort then.
-
-    The server keeps its shared data set in this order; any order gives the same maps.
-    """
-    if marks.empty:
-        return marks
-    order = np.lexsort(
-        (
-            marks["x"].to_numpy(),
-            marks["y"].to_numpy(),
-            marks["layer"].cat.codes.to_numpy(),
-            marks["view"].cat.codes.to_numpy(),
-            marks["patient_id"].to_numpy(),
-        )
-    )
-    return marks.iloc[order].reset_index(drop=True)
-
-
 # --------------------------------------------------------------------------------------------
 # Density grids
 # --------------------------------------------------------------------------------------------
@@ -891,8 +870,3 @@ def difference_grid(
         raise ValueError("both cohorts need at least one patient")
     values = 100.0 * grid_a.values / n_a - 100.0 * grid_b.values / n_b  # NaN propagates
     return DifferenceGrid(grid_a.spec, values, grid_a, grid_b, n_a, n_b)
-
-
-def grid_fingerprint(values: np.ndarray) -> bytes:
-    """A short hash of a grid's content (cache keys, tests)."""
-    return hashlib.blake2b(np.ascontiguousarray(values).tobytes(), digest_size=8).digest()
