@@ -48,6 +48,7 @@ test: dev chromium lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: dev
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench
 
 atlas: install

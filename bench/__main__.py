@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUITES = ["atlas", "density", "load", "annotate", "explore"]
+SUITES = ["atlas", "density", "load", "annotate", "explore", "concurrent"]
 
 
 def main(argv: list[str]) -> int:

@@ -1,24 +1,40 @@
-"""Benchmark: tpmap density grids against numpy.histogram2d, scipy's gaussian_kde, datashader.
+"""Benchmark: tpmap density maps against datashader, numpy and the previous implementation.
 
-Run by hand (``make bench`` calls :func:`main`); prints a Markdown table for
-docs/benchmarks.md. Synthetic marks are clustered around 20 trigger-point sites on the
-anterior view (x -25..25 cm, y 0..120 cm), cells of 0.5 cm (a 100 x 240 grid), sigma 1.5 cm.
-Times are the median of several runs of ``time.perf_counter``.
+Run by hand (``python -m bench density``); prints Markdown tables for docs/benchmarks.md.
+Synthetic marks are clustered around 20 trigger-point sites on the anterior view (x -25..25
+cm, y 0..120 cm), cells of 0.5 cm (a 100 x 240 grid), a heavy-tailed number of marks per
+patient. Times are medians of several runs (``time.perf_counter``), all cases of a row in
+the same run.
+
+- binning: :func:`tpmap.research.bin_counts` against datashader's ``Canvas.points`` count
+  (the bench extra installs it), ``numpy.histogram2d``, and a plain ``np.bincount`` on a
+  precomputed cell index (the floor: no index arithmetic at all);
+- the page's default map, patients with a mark within 1.5 cm and small-cell suppression
+  (k = 5), on marks ordered by patient as the server keeps them, and unordered; side by
+  side with the unweighted map and with the previous implementation (patient-cell
+  weighting: a bitmap filled with ``np.bitwise_or.at`` and a square support window);
+- the smoothed maps with suppression and the dominance rule;
+- the smoothed map against ``scipy.stats.gaussian_kde``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
-from tpmap.research import VIEWS, GridSpec, bin_counts, density_grid
+from tpmap.research import VIEWS, GridSpec, bin_counts, density_grid, view_cells
+from tpmap.research._density import _cell_index
+from tpmap.research._frames import stable_order
 
 BOUNDS = (-25.0, 0.0, 25.0, 120.0)
 CELL = 0.5
@@ -53,6 +69,11 @@ def synthetic_marks(n: int, n_patients: int, seed: int = 0) -> pd.DataFrame:
     )
 
 
+def by_patient(marks: pd.DataFrame) -> pd.DataFrame:
+    """The marks in patient order, as the server's shared data set holds them."""
+    return marks.take(stable_order(marks["patient_id"].to_numpy())).reset_index(drop=True)
+
+
 def median_time(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -76,59 +97,139 @@ def _kde_grid(x: np.ndarray, y: np.ndarray, spec: GridSpec) -> np.ndarray:
     return kde(np.vstack([xs.ravel(), ys.ravel()])).reshape(spec.shape)
 
 
-def _datashader_grid(frame: pd.DataFrame, spec: GridSpec) -> np.ndarray:
+def _datashader_canvas(spec: GridSpec):
     import datashader
 
     xmin, ymin, xmax, ymax = spec.extent
-    canvas = datashader.Canvas(
+    return datashader.Canvas(
         plot_width=spec.nx, plot_height=spec.ny, x_range=(xmin, xmax), y_range=(ymin, ymax)
     )
-    return canvas.points(frame, "x", "y", agg=datashader.count()).values
+
+
+def _previous_patient_cell(marks: pd.DataFrame, spec: GridSpec, k: int = 5) -> np.ndarray:
+    """The previous default map: each patient once per cell, support in a square window of
+    2 sigma, bitmap filled by ``np.bitwise_or.at`` (the implementation this replaced)."""
+    x, y = marks["x"].to_numpy(), marks["y"].to_numpy()
+    cells, _ = _cell_index(x, y, spec)
+    codes, uniques = pd.factorize(marks["patient_id"].to_numpy())
+    ny, nx = spec.shape
+    ncells = nx * ny
+    n_words = -(-len(uniques) // 64)
+    chunk = max(1, (1 << 25) // (8 * ncells))
+    half = math.ceil(2 * SIGMA / spec.cell)
+    word = codes >> 6
+    bit = np.left_shift(np.uint64(1), (codes & 63).astype(np.uint64))
+    distinct = np.zeros(ncells, dtype=np.int64)
+    support = np.zeros(ncells, dtype=np.int64)
+    chunk_of = (word // chunk).astype(np.int32)
+    order = np.argsort(chunk_of, kind="stable")
+    n_chunks = -(-n_words // chunk)
+    starts = np.concatenate(([0], np.cumsum(np.bincount(chunk_of, minlength=n_chunks))))
+    for j in range(n_chunks):
+        idx = order[starts[j] : starts[j + 1]]
+        size = min(chunk, n_words - j * chunk)
+        bitmap = np.zeros(size * ncells, dtype=np.uint64)
+        np.bitwise_or.at(
+            bitmap, (word[idx] - j * chunk).astype(np.int64) * ncells + cells[idx], bit[idx]
+        )
+        cube = bitmap.reshape(size, ny, nx)
+        distinct += np.bitwise_count(cube).sum(axis=0, dtype=np.int64).ravel()
+        for axis in (2, 1):
+            out = cube.copy()
+            n = cube.shape[axis]
+            for d in range(1, min(half, n - 1) + 1):
+                hi = [slice(None)] * 3
+                lo = [slice(None)] * 3
+                hi[axis], lo[axis] = slice(d, None), slice(None, n - d)
+                out[tuple(hi)] |= cube[tuple(lo)]
+                out[tuple(lo)] |= cube[tuple(hi)]
+            cube = out
+        support += np.bitwise_count(cube).sum(axis=0, dtype=np.int64).ravel()
+    values = ndimage.gaussian_filter(distinct.reshape(spec.shape).astype(float), SIGMA / CELL)
+    values[support.reshape(spec.shape) < k] = np.nan
+    return values
 
 
 def main() -> None:
+    warnings.simplefilter("ignore")  # min_patients=0 rows: direct-access analysis on purpose
     spec = GridSpec.from_bounds(BOUNDS, CELL)
     coarse = GridSpec.from_bounds(BOUNDS, 2.0)
-    rows: list[tuple[str, int, float, float | None, str]] = []
+    has_datashader = importlib.util.find_spec("datashader") is not None
+    binning: list[tuple[int, dict[str, float]]] = []
+    maps: list[tuple[str, int, float, str, float | None]] = []
 
-    def add(case: str, n: int, ours: float, base: float | None, baseline: str) -> None:
-        rows.append((case, n, ours, base, baseline))
-        speed = f"{base / ours:.1f}x" if base else "-"
-        print(
-            f"  {case:<34} n={n:>10,}  tpmap {ours:8.4f} s  {baseline}: {base or 0:8.4f} s  {speed}"
-        )
-
-    print(f"grid {spec.nx} x {spec.ny} cells of {CELL} cm, sigma {SIGMA} cm; running...")
-    for n, n_patients, repeats in ((10**6, 5_000, 7), (10**7, 20_000, 3)):
+    print(f"grid {spec.nx} x {spec.ny} cells of {CELL} cm; running...", flush=True)
+    for n, n_patients, repeats in ((10**6, 5_000, 7), (10**7, 20_000, 5)):
         marks = synthetic_marks(n, n_patients)
         x, y = marks["x"].to_numpy(), marks["y"].to_numpy()
-        np.testing.assert_array_equal(bin_counts(x, y, spec), _histogram2d(x, y, spec))
+        reference = bin_counts(x, y, spec)
+        np.testing.assert_array_equal(reference, _histogram2d(x, y, spec))
+        index = _cell_index(x, y, spec)[0]
+        # The page's path: cells computed once per data set (2 bytes a mark), then for each
+        # map the selection's cells are gathered and counted.
+        cells = view_cells(marks, {"anterior": spec})
+        selection = np.arange(len(marks))
 
-        ours = median_time(lambda x=x, y=y: bin_counts(x, y, spec), repeats)
-        base = median_time(lambda x=x, y=y: _histogram2d(x, y, spec), repeats)
-        add("binning only", n, ours, base, "numpy.histogram2d")
+        def page_binning(cells=cells, selection=selection) -> np.ndarray:
+            return np.bincount(cells[selection], minlength=spec.nx * spec.ny)
 
-        def full_ours(marks=marks) -> object:
-            return density_grid(
-                marks, "anterior", bounds=BOUNDS, cell=CELL, sigma=SIGMA, weighting="marks",
-                min_patients=0,
-            )  # fmt: skip
+        np.testing.assert_array_equal(page_binning().reshape(spec.shape), reference)
+        times: dict[str, list[float]] = {
+            "tpmap": [],
+            "page": [],
+            "datashader": [],
+            "bincount": [],
+        }
+        if has_datashader:
+            import datashader
 
-        def full_base(x=x, y=y) -> object:
-            return ndimage.gaussian_filter(_histogram2d(x, y, spec), SIGMA / CELL, mode="reflect")
+            canvas = _datashader_canvas(spec)
+            frame = marks[["x", "y"]]
+            counts = canvas.points(frame, "x", "y", agg=datashader.count()).values
+            np.testing.assert_array_equal(counts, reference)  # compiled (numba), and equal
+        # Interleaved, several times, so that a busy machine slows every method alike.
+        for _ in range(repeats):
+            times["tpmap"].append(median_time(partial(bin_counts, x, y, spec), 1))
+            times["page"].append(median_time(page_binning, 1))
+            if has_datashader:
+                count = partial(canvas.points, frame, "x", "y", agg=datashader.count())
+                times["datashader"].append(median_time(count, 1))
+            floor = partial(np.bincount, index, minlength=spec.nx * spec.ny)
+            times["bincount"].append(median_time(floor, 1))
+        row = {key: statistics.median(v) for key, v in times.items() if v}
+        row["histogram2d"] = median_time(partial(_histogram2d, x, y, spec), 3)
+        binning.append((n, row))
+        print(
+            f"  binning {n:>10,}: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in row.items()),
+            flush=True,
+        )
 
-        ours = median_time(full_ours, repeats)
-        base = median_time(full_base, repeats)
-        add("full grid, weighting=marks", n, ours, base, "histogram2d + same smoothing")
-
-        def patient_grid(marks=marks) -> object:
-            return density_grid(
-                marks, "anterior", bounds=BOUNDS, cell=CELL, sigma=SIGMA,
-                weighting="patient_cell", min_patients=5,
-            )  # fmt: skip
-
-        ours = median_time(patient_grid, repeats)
-        add(f"patient_cell + k=5 ({n_patients:,} patients)", n, ours, None, "no baseline")
+        ordered = by_patient(marks)
+        ordered_cells = view_cells(ordered, {"anterior": spec})
+        page = lambda m=ordered, c=ordered_cells: density_grid(  # noqa: E731
+            m, "anterior", bounds=BOUNDS, cells=c
+        )
+        default = lambda m=ordered: density_grid(m, "anterior", bounds=BOUNDS)  # noqa: E731
+        unsorted = lambda m=marks: density_grid(m, "anterior", bounds=BOUNDS)  # noqa: E731
+        plain = lambda m=ordered: density_grid(  # noqa: E731
+            m, "anterior", bounds=BOUNDS, weighting="marks", min_patients=0, dominance=1
+        )
+        previous = lambda m=marks: _previous_patient_cell(m, spec)  # noqa: E731
+        t_page = median_time(page, repeats)
+        t_plain = median_time(plain, repeats)
+        maps.append(("patients within 1.5 cm, k=5, as the page (patient order, cells kept)",
+                     n, t_page, "unweighted smoothed map, no suppression", t_plain))  # fmt: skip
+        maps.append(("patients within 1.5 cm, k=5 (patient order)", n,
+                     median_time(default, repeats), "", None))  # fmt: skip
+        maps.append(("patients within 1.5 cm, k=5 (any order)", n, median_time(unsorted, 3),
+                     "previous patient-cell map, k=5", median_time(previous, 3)))  # fmt: skip
+        for weighting in ("marks", "patient_normalised"):
+            smoothed = lambda m=ordered, w=weighting: density_grid(  # noqa: E731
+                m, "anterior", bounds=BOUNDS, weighting=w
+            )
+            maps.append((f"{weighting}, k=5 + dominance", n, median_time(smoothed, 3), "", None))
+        for case in maps[-5:]:
+            print(f"  {case[0]:<46} {n:>10,} {1000 * case[2]:8.1f} ms", flush=True)
 
     for n, grid, label, repeats in (
         (10**4, spec, "0.5 cm grid", 3),
@@ -137,44 +238,36 @@ def main() -> None:
         marks = synthetic_marks(n, 500, seed=1)
         x, y = marks["x"].to_numpy(), marks["y"].to_numpy()
 
-        def kde_ours(marks=marks, grid=grid) -> object:
+        def ours(marks=marks, grid=grid) -> object:
             return density_grid(
                 marks, "anterior", bounds=BOUNDS, cell=grid.cell, sigma=SIGMA, weighting="marks",
-                min_patients=0,
+                min_patients=0, dominance=1,
             )  # fmt: skip
 
-        ours = median_time(kde_ours, 5)
         base = median_time(lambda x=x, y=y, grid=grid: _kde_grid(x, y, grid), repeats)
-        add(f"full grid vs KDE ({label})", n, ours, base, f"gaussian_kde on {grid.nx}x{grid.ny}")
+        maps.append((f"smoothed map vs KDE ({label})", n, median_time(ours, 5),
+                     f"gaussian_kde on {grid.nx}x{grid.ny}", base))  # fmt: skip
 
-    has_datashader = importlib.util.find_spec("datashader") is not None
-    if has_datashader:
-        for n in (10**6, 10**7):
-            frame = synthetic_marks(n, 5_000)[["x", "y"]]
-            x, y = frame["x"].to_numpy(), frame["y"].to_numpy()
-            _datashader_grid(frame, spec)  # compile (numba) before timing
-            ours = median_time(lambda x=x, y=y: bin_counts(x, y, spec), 3)
-            base = median_time(lambda frame=frame: _datashader_grid(frame, spec), 3)
-            add("binning only", n, ours, base, "datashader Canvas.points count")
     print()
     print(f"Python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}")
     print()
-    print("| case | marks | tpmap (s) | baseline | baseline (s) | speed-up |")
-    print("|---|---:|---:|---|---:|---:|")
-    for case, n, ours, base, baseline in rows:
-        base_s = f"{base:.4f}" if base is not None else "-"
-        speed = f"{base / ours:.1f}x" if base is not None else "-"
-        print(f"| {case} | {n:,} | {ours:.4f} | {baseline} | {base_s} | {speed} |")
+    print(
+        "| marks | tpmap page (cells kept) | tpmap `bin_counts` (from x, y) "
+        "| datashader `Canvas.points` | `np.bincount`, precomputed index | `numpy.histogram2d` |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n, row in binning:
+        keys = ("page", "tpmap", "datashader", "bincount", "histogram2d")
+        cells = [f"{1000 * row[key]:.1f} ms" if key in row else "-" for key in keys]
+        print(f"| {n:,} | " + " | ".join(cells) + " |")
     print()
-    print("Notes: median of 7 runs at 10^6 marks, 3 at 10^7, 5 (tpmap) and 3/1 (KDE) in the")
-    print("KDE rows. 'full grid' for tpmap includes selecting the view and counting distinct")
-    print("patients (pd.factorize); the baseline is histogram2d + the same gaussian_filter.")
-    print("'patient_cell + k=5' adds the exact distinct-patient support used for small-cell")
-    print("suppression (per-patient bitmaps: cost grows with patients x cells), no baseline.")
-    print("gaussian_kde (bandwidth about sigma) is evaluated at every cell centre; at 10^5")
-    print("marks on a 2 cm grid, since 10^5 x 24,000 kernel evaluations take minutes.")
+    print("| map | marks | tpmap | baseline | baseline time |")
+    print("|---|---:|---:|---|---:|")
+    for case, n, ours, baseline, base in maps:
+        base_s = f"{1000 * base:.1f} ms" if base is not None else "-"
+        print(f"| {case} | {n:,} | {1000 * ours:.1f} ms | {baseline or '-'} | {base_s} |")
     if not has_datashader:
-        print("datashader is not installed: comparison skipped.")
+        print("\ndatashader is not installed (pip install -e '.[bench]'): its column is empty.")
 
 
 if __name__ == "__main__":

@@ -2,28 +2,34 @@
 
 Two measurements, side by side with the obvious alternative:
 
-- server side, the page's recomputation (``ExplorePage.update``) per mode, against
-  re-reading the marks from the database with ``pandas.read_sql`` and binning them with
-  ``numpy.histogram2d`` for every change;
+- server side, the page's recomputation (``ExplorePage.compute``, which runs on the research
+  worker) per mode, against re-reading the marks from the database with ``pandas.read_sql``
+  and binning them with ``numpy.histogram2d`` for every change;
 - in Chromium against a real `tpmap serve`: from a changed filter to the new figure drawn.
 
-Uses the database that ``python -m bench annotate`` builds (bench/out/annotate-1e6.db).
+Uses the database that ``python -m bench annotate`` builds (bench/out/annotate-1e6.db); the
+server's snapshot goes to a temporary folder.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
+import tempfile
 import time
+import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 from bokeh.document import Document
 from sqlalchemy import create_engine
 
-from bench.bench_annotate import DB, URL, _build_db, _serve
+from bench._report import print_rows
+from bench.bench_annotate import URL, _build_db, _serve
 from tpmap import load_atlas, research
-from tpmap.apps.explore import ExplorePage
+from tpmap.apps.explore import Request, make_document
 
 CONDITIONS = ["knee_osteoarthritis", "patellofemoral_pain", "lateral_knee_pain"]
 
@@ -54,23 +60,37 @@ def _read_sql_alternative(view: str, condition: str) -> None:
 
 
 def main() -> list[tuple[str, str, str]]:
+    warnings.simplefilter("ignore")
     _build_db()
-    data = research.load_dataset(URL, snapshot=DB.parent / "snapshot")
-    atlas = load_atlas()
-    page = ExplorePage(Document(), dataset=data, atlas=atlas)
+    work = tempfile.mkdtemp(prefix="tpmap-bench-explore-")
+    os.environ["TPMAP_SNAPSHOT_DIR"] = work  # the served page's snapshot too
+    try:
+        return _run(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(work: str) -> list[tuple[str, str, str]]:
+    data = research.load_dataset(URL, snapshot=os.path.join(work, "snapshot"))
+    page = make_document(Document(), dataset=data, atlas=load_atlas())
+    page.settle()
     rows = []
     cycle = iter(range(10_000))
+    base = page.request()
 
-    def change() -> None:
-        page.conditions.value = [CONDITIONS[next(cycle) % len(CONDITIONS)]]
-
-    for label, setup in (
-        ("% of patients per muscle", lambda: setattr(page.mode, "active", 0)),
-        ("density heatmap", lambda: setattr(page.mode, "active", 1)),
-        ("compare groups (density)", lambda: setattr(page.compare, "active", True)),
+    for label, changes in (
+        ("% of patients per muscle", {"mode": "percent"}),
+        ("density map (patients within 1.5 cm)", {"mode": "density"}),
+        ("compare groups (density)", {"mode": "density", "compare": True}),
     ):
-        setup()
-        rows.append((f"filter change: {label}", f"{_median_ms(change):.0f} ms", ""))
+        request = replace(base, **changes)
+
+        def change(request: Request = request) -> None:
+            condition = CONDITIONS[next(cycle) % len(CONDITIONS)]
+            # What the research worker does for one filter change.
+            page.compute(replace(request, filters=research.Filters(conditions=[condition])))
+
+        rows.append((f"server: {label}", f"{_median_ms(change):.0f} ms", ""))
     alt = _median_ms(lambda: _read_sql_alternative("posterior", "knee_osteoarthritis"), 3)
     rows[1] = (*rows[1][:2], f"{alt:.0f} ms (read_sql + histogram2d)")
 
@@ -89,6 +109,7 @@ def main() -> list[tuple[str, str, str]]:
             page_b.goto(url + "/explore")
             page_b.locator("div.bk-Canvas").first.wait_for(timeout=120_000)
             legend = "() => Bokeh.documents[0].get_model_by_name('legend').text"
+            page_b.wait_for_function(f"() => ({legend})().includes('patients')", timeout=300_000)
             for i in range(9):
                 cond = CONDITIONS[i % len(CONDITIONS)]
                 before = page_b.evaluate(legend)
@@ -121,10 +142,7 @@ def main() -> list[tuple[str, str, str]]:
             "",
         )
     )
-    print(f"\nresearcher page, {len(data.marks):,} marks, {len(data.cohort):,} patients")
-    print(f"{'case':<44} {'tpmap':>16}   alternative")
-    for r in rows:
-        print(f"{r[0]:<44} {r[1]:>16}   {r[2]}")
+    print_rows(f"researcher page, {len(data.marks):,} marks, {data.n_patients:,} patients", rows)
     return rows
 
 

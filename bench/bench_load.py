@@ -22,7 +22,9 @@ marks. Times are wall-clock seconds of one run (``time.perf_counter``), the base
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -139,9 +141,57 @@ def _synthesize_10x(store: Store, snap_dir: Path, target: Path) -> int:
     return 10 * n
 
 
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def _pages_memory(store: Store, snap: Path) -> list[tuple[int, float]]:
+    """Resident memory of one shared data set with 1 and 5 researcher pages computing."""
+    from bokeh.document import Document
+
+    from tpmap import load_atlas
+    from tpmap.apps.explore import make_document
+    from tpmap.research import SharedDataset, view_grids
+
+    atlas = load_atlas()
+    shared = SharedDataset(store, snapshot=snap, grids=view_grids(atlas))
+    pages = []
+    out = []
+    try:
+        for n in (1, 5):
+            while len(pages) < n:
+                page = make_document(Document(), research=shared, atlas=atlas)
+                page.mode.active = 1  # a density map: the heaviest computation
+                page.settle()
+                pages.append(page)
+            gc.collect()
+            out.append((n, _resident_mb()))
+    finally:
+        shared.close()
+    return out
+
+
+def memory_per_mark(store_url: str, snap: Path) -> float:
+    """Bytes a mark of the shared data set's marks frame plus its cell index."""
+    from tpmap import load_atlas
+    from tpmap.research import SharedDataset, view_grids
+
+    shared = SharedDataset(store_url, snapshot=snap, grids=view_grids(load_atlas()))
+    try:
+        data = shared.ensure().result()
+        fixed = data.marks.iloc[:0].memory_usage(deep=True).sum()
+        size = data.marks.memory_usage(deep=True).sum() - fixed + data.cells.nbytes
+        return size / len(data.marks)
+    finally:
+        shared.close()
+
+
 def main(n_marks: int = N_MARKS) -> None:
     """Build the database, time the loads, print the table."""
     work = Path(tempfile.mkdtemp(prefix="tpmap-bench-load-"))
+    os.environ["TPMAP_SNAPSHOT_DIR"] = str(work / "snapshots")  # never the user's cache
     try:
         url = f"sqlite:///{work / 'tpmap.db'}"
         t_build, (store, sessions) = _timed(lambda: build_database(url, n_marks))
@@ -183,6 +233,7 @@ def main(n_marks: int = N_MARKS) -> None:
             )
         )
         rows.append(("warm load (synthesized snapshot)", f"{n_big:,}", t_big, 10 * t_base))
+        memory = _pages_memory(store, snap)
         store.close()
 
         print(f"\n## Loading research data ({platform.processor() or platform.machine()}, ", end="")
@@ -197,6 +248,11 @@ def main(n_marks: int = N_MARKS) -> None:
         print(
             f"\n10^7 marks in memory: {per_mark:.1f} bytes a mark; Parquet read alone "
             f"{t_frame:.2f} s; snapshot size {size:.0f} MB."
+        )
+        print(
+            "\nOne server's shared data set with researcher pages open (10^6 marks): "
+            + "; ".join(f"{n} page(s): {mb:.0f} MB resident" for n, mb in memory)
+            + f". Marks frame and cell index: {memory_per_mark(url, snap):.1f} bytes a mark."
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -155,3 +155,10 @@ def sign_in(page, server: RunningServer, name: str = "clinician", next_path: str
     if "/login" in page.url:
         message = page.locator("#message").inner_text()
         raise AssertionError(f"signing in as {name} failed: {message}")
+
+
+@pytest.fixture(autouse=True)
+def _snapshots_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Research snapshots (and servers started by tests) write under the test's tmp folder,
+    never into the user's cache directory."""
+    monkeypatch.setenv("TPMAP_SNAPSHOT_DIR", str(tmp_path_factory.getbasetemp() / "snapshots"))

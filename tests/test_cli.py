@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,29 +63,42 @@ def test_demo_then_heatmap_in_batch(tmp_path, capsys):
     assert main(["demo", "--db", url, "--patients", "5"]) == 1
     assert "--force" in capsys.readouterr().err
     out = tmp_path / "fig.html"
-    code = main(
-        [
-            "heatmap",
-            "--db",
-            url,
-            "--view",
-            "posterior",
-            "--condition",
-            "patellofemoral_pain",
-            "--out",
-            str(out),
-        ]
-    )
-    assert code == 0
-    assert "patients" in capsys.readouterr().out
-    assert "Posterior: patellofemoral_pain" in out.read_text()
+    assert main(["heatmap", "--db", url, "--view", "posterior", "--out", str(out)]) == 0
+    assert "patients, k = 5" in capsys.readouterr().out
+    html = out.read_text()
+    assert "Posterior: all conditions (n = " in html
+    assert "patients with a mark within 1.5 cm" in html
     muscles = tmp_path / "muscles.html"
     assert main(["heatmap", "--db", url, "--mode", "muscles", "--out", str(muscles)]) == 0
-    assert "% of 40 patients with a mark" in muscles.read_text()
+    # About 40 patients: displayed counts carry up to 2 patients of consistent noise.
+    n = int(re.search(r"% of (\d+) patients with a mark", muscles.read_text()).group(1))
+    assert abs(n - 40) <= 2
     if shutil.which("chromedriver"):
         png = tmp_path / "fig.png"
         assert main(["heatmap", "--db", url, "--view", "anterior", "--out", str(png)]) == 0
         assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_heatmap_keeps_the_floor_and_refuses_differencing(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    assert main(["demo", "--db", url, "--patients", "40", "--seed", "4"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "fig.html"
+    assert main(["heatmap", "--db", url, "--min-patients", "0", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "k cannot be below 5: using 5" in captured.err and "k = 5" in captured.out
+    # One sex is a filter that leaves out every patient of the other: fine here; a filter
+    # that leaves out fewer than 5 patients is refused with the reason.
+    from tpmap import research
+
+    data = research.load_dataset(url, snapshot=False)
+    counts = data.cohort.groupby("condition", observed=True)["patient_id"].nunique()
+    small = [c for c, n in counts.items() if 0 < n < 5]
+    if small:
+        others = [c for c in counts.index if c not in small and counts[c] > 0]
+        args = [a for c in others for a in ("--condition", c)]
+        assert main(["heatmap", "--db", url, *args, "--out", str(out)]) == 1
+        assert "fewer than 5 patients" in capsys.readouterr().err
 
 
 def test_heatmap_explains_a_wrong_or_empty_database(tmp_path, capsys):

@@ -20,18 +20,25 @@ from tpmap import _snapshot
 from tpmap.model import EpisodeInput, MarkInput, OutcomeInput, PatientInput, SessionInput
 from tpmap.research import (
     DATASET_MARK_COLUMNS,
+    SESSION_COLUMNS,
     Dataset,
     Filters,
+    ResponderRule,
+    SharedDataset,
     compact_marks,
     days_to_dates,
+    fold_to_affected_side,
     load_dataset,
     muscle_table,
+    responders,
     to_days,
 )
 from tpmap.store import Store
 
 store = store_fixtures.store
 store_url = store_fixtures.store_url
+
+pytestmark = pytest.mark.filterwarnings("ignore::tpmap.research.DisclosureWarning")
 
 USER = "clin-a"
 MUSCLES = ("vmo", "vastus_lateralis", "gluteus_medius", "tensor_fasciae_latae", "soleus")
@@ -147,29 +154,55 @@ def by_id(cohort: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 
-def test_cohort_is_every_patient_with_an_episode(clinic: Clinic, snap_dir: Path) -> None:
+def test_cohort_has_a_row_per_patient_episode(clinic: Clinic, snap_dir: Path) -> None:
     ds = load_dataset(clinic.store, snapshot=snap_dir)
-    p = clinic.patients
-    assert sorted(ds.cohort["patient_id"]) == sorted([p["anna"], p["ben"], p["cara"], p["emil"]])
-    cara = by_id(ds.cohort).loc[p["cara"]]
-    assert cara["condition"] == "lateral_knee_pain"
+    p, e = clinic.patients, clinic.episodes
+    assert sorted(ds.cohort["episode_id"]) == sorted(e.values())
+    assert set(ds.cohort["patient_id"]) == {p["anna"], p["ben"], p["cara"], p["emil"]}
+    assert ds.n_patients == 4  # dora has no episode
+    cara = ds.cohort.set_index("episode_id").loc[e["cara"]]
+    assert cara["condition"] == "lateral_knee_pain" and cara["n_sessions"] == 0
+    assert pd.isna(cara["first_session"])
     assert p["cara"] not in set(ds.marks["patient_id"])  # counted without marks
     assert np.isnan(by_id(ds.cohort).loc[p["ben"], "birth_year"])
-    assert ds.cohort["patient_id"].is_unique
+    assert ds.cohort["episode_id"].is_unique
 
 
-def test_latest_episode_describes_the_patient_marks_keep_their_own(
-    clinic: Clinic, snap_dir: Path
-) -> None:
+def test_each_mark_keeps_its_own_episode(clinic: Clinic, snap_dir: Path) -> None:
     ds = load_dataset(clinic.store, snapshot=snap_dir)
-    emil = by_id(ds.cohort).loc[clinic.patients["emil"]]
-    assert emil["episode_id"] == clinic.episodes["emil"]
-    assert emil["condition"] == "patellofemoral_pain"
-    assert emil["start_date"] == pd.Timestamp("2024-03-01")
+    episodes = ds.cohort.set_index("episode_id")
+    e = clinic.episodes
+    assert episodes.loc[e["emil_old"], ["condition", "affected_side"]].tolist() == [
+        "knee_osteoarthritis",
+        "left",
+    ]
+    assert episodes.loc[e["emil"], ["condition", "affected_side"]].tolist() == [
+        "patellofemoral_pain",
+        "right",
+    ]
+    assert episodes.loc[e["emil"], "first_session"] == pd.Timestamp("2024-03-02")
     marks = ds.marks.loc[ds.marks["patient_id"] == clinic.patients["emil"]]
-    assert sorted(marks["episode_id"]) == sorted(
-        [clinic.episodes["emil_old"], clinic.episodes["emil"]]
-    )
+    assert sorted(marks["episode_id"]) == sorted([e["emil_old"], e["emil"]])
+    # His earlier mark counts under knee OA and is folded by its own (left) knee.
+    _cohort, oa = ds.filter(Filters(conditions=["knee_osteoarthritis"]))
+    assert set(oa.loc[oa["patient_id"] == clinic.patients["emil"], "muscle"]) == {"soleus"}
+    _folded_cohort, folded = fold_to_affected_side(ds.cohort, ds.marks)
+    old = folded.loc[folded["episode_id"] == e["emil_old"]].iloc[0]
+    new = folded.loc[folded["episode_id"] == e["emil"]].iloc[0]
+    assert (old["x"], old["side"]) == (np.float32(-4.0), "left")
+    assert (new["x"], new["side"]) == (np.float32(4.0), "right")
+
+
+def test_sessions_include_those_without_marks(clinic: Clinic, snap_dir: Path) -> None:
+    ds = load_dataset(clinic.store, snapshot=snap_dir)
+    assert list(ds.sessions.columns) == list(SESSION_COLUMNS)
+    assert sorted(ds.sessions["session_id"]) == sorted(clinic.sessions.values())
+    ben2 = ds.sessions.set_index("session_id").loc[clinic.sessions["ben2"]]
+    assert ben2["session_date"] == to_days("2024-02-06") and ben2["clinician"] == "Dr A"
+    # A clinician's denominator: the patients they treated, with or without marks.
+    cohort, marks = ds.filter(Filters(clinicians=["Dr A"], date_from="2024-02-01"))
+    assert set(cohort["patient_id"]) == {clinic.patients["ben"]}  # ben2 has no marks
+    assert marks.empty
 
 
 def test_deleted_marks_are_excluded(clinic: Clinic, snap_dir: Path) -> None:
@@ -194,27 +227,43 @@ def test_marks_carry_patient_session_date_and_muscle(clinic: Clinic, snap_dir: P
     assert gmed["x"] == np.float32(12.0) and gmed["y"] == np.float32(95.0)
     assert pd.isna(m.loc[m["patient_id"] == clinic.patients["ben"], "technique"]).all()
     # The frame is already in the compact layout: compact_marks changes nothing.
-    again = compact_marks(m)
-    pd.testing.assert_frame_equal(again, m.drop(columns="episode_id"))
+    pd.testing.assert_frame_equal(compact_marks(m), m)
     assert days_to_dates(m["session_date"]).min() == pd.Timestamp("2023-03-02")
 
 
 def test_responders(clinic: Clinic, snap_dir: Path) -> None:
     ds = load_dataset(clinic.store, snapshot=snap_dir)
-    cohort = by_id(ds.cohort)
-    p = clinic.patients
+    cohort = ds.cohort.set_index("episode_id")
+    e = clinic.episodes
     assert set(ds.instruments) == {"kujala", "nprs"}
-    # Anna: NPRS from her sessions, 7 (first session, before) -> 3 (last, after).
-    assert cohort.loc[p["anna"], "responder_nprs"] == "responder"
-    # Ben: NPRS outcome measures (6 -> 5) win over his sessions (8 -> 2).
-    assert cohort.loc[p["ben"], "responder_nprs"] == "non_responder"
-    assert cohort.loc[p["ben"], "responder_kujala"] == "responder"
-    for who in ("cara", "emil"):
-        assert cohort.loc[p[who], "responder_nprs"] == "unknown"
-        assert cohort.loc[p[who], "responder_kujala"] == "unknown"
-    sessions = ds.outcomes.loc[ds.outcomes["source"] == "sessions"]
-    assert sessions["patient_id"].tolist() == [p["anna"], p["anna"]]
-    assert sessions["score"].tolist() == [7.0, 3.0]
+    # Anna: NPRS before needling at her first session (7) and 31 days later (5).
+    assert cohort.loc[e["anna"], "responder_nprs"] == "responder"
+    # Ben: NPRS outcome measures (6 -> 5) win over his sessions' (8 -> 4).
+    assert cohort.loc[e["ben"], "responder_nprs"] == "non_responder"
+    assert cohort.loc[e["ben"], "responder_kujala"] == "responder"
+    for who in ("cara", "emil", "emil_old"):
+        assert cohort.loc[e[who], "responder_nprs"] == "unknown"
+        assert cohort.loc[e[who], "responder_kujala"] == "unknown"
+    before = ds.outcomes.loc[ds.outcomes["source"] == "session_before"]
+    p = clinic.patients
+    assert before["patient_id"].tolist() == [p["anna"], p["anna"], p["ben"], p["ben"]]
+    assert before["score"].tolist() == [7.0, 5.0, 8.0, 4.0]  # never the NPRS after needling
+    statuses = responders(ds.outcomes, ds.cohort, rule=ResponderRule("nprs"))
+    assert statuses.set_index("episode_id").loc[e["cara"], "reason"] == "no_sessions"
+
+
+def test_an_outcome_removed_as_a_mistake_is_not_an_outcome(clinic: Clinic, snap_dir: Path) -> None:
+    e = clinic.episodes
+    wrong = clinic.store.add_outcome(
+        e["ben"], OutcomeInput("kujala", 20, dt.date(2024, 3, 6)), USER
+    )
+    ds = load_dataset(clinic.store, snapshot=snap_dir)
+    assert ds.cohort.set_index("episode_id").loc[e["ben"], "responder_kujala"] == "non_responder"
+    clinic.store.delete_outcome(wrong.id, USER)
+    ds = load_dataset(clinic.store, snapshot=False)
+    scores = ds.outcomes.loc[ds.outcomes["instrument"] == "kujala", "score"].tolist()
+    assert scores == [50.0, 65.0]
+    assert ds.cohort.set_index("episode_id").loc[e["ben"], "responder_kujala"] == "responder"
 
 
 def test_filters_end_to_end(clinic: Clinic, snap_dir: Path) -> None:
@@ -222,18 +271,18 @@ def test_filters_end_to_end(clinic: Clinic, snap_dir: Path) -> None:
     p = clinic.patients
     cohort, marks = ds.filter(Filters(conditions=["patellofemoral_pain"]))
     assert set(cohort["patient_id"]) == {p["anna"], p["emil"]}
-    # Emil's marks of his earlier (OA) episode stay with him: he is a PFP patient now.
-    assert set(marks["patient_id"]) == {p["anna"], p["emil"]} and len(marks) == 4
+    # Emil's mark of his earlier (OA) episode is not a PFP mark.
+    assert set(marks["patient_id"]) == {p["anna"], p["emil"]} and len(marks) == 3
     cohort, marks = ds.filter(Filters(responder=["responder"], instrument="nprs"))
     assert cohort["patient_id"].tolist() == [p["anna"]]
     cohort, marks = ds.filter(Filters(clinicians=["Dr A"], date_from="2024-01-01"))
-    assert len(cohort) == 4  # mark filters leave the denominator alone
+    assert set(cohort["patient_id"]) == {p["anna"], p["ben"]}  # patients Dr A treated
     assert sorted(marks["muscle"].astype(str)) == ["vastus_lateralis", "vmo"]
     cohort, marks = ds.filter(Filters(age_bands=["18-29"]))  # cara, 2001, at her 2024 start
     assert cohort["patient_id"].tolist() == [p["cara"]] and marks.empty
     table = muscle_table(*reversed(ds.filter(Filters())), min_patients=1)
     vmo = table.loc[(table["muscle"] == "vmo") & (table["side"] == "right")].iloc[0]
-    assert (vmo["n_patients"], vmo["n_cohort"]) == (2, 4)
+    assert (vmo["n_patients"], vmo["n_cohort"]) == (2, 4)  # emil counts once
     with pytest.raises(ValueError, match="instrument"):
         Filters(responder=["responder"], instrument="nope")
 
@@ -243,6 +292,7 @@ def test_widget_conveniences(clinic: Clinic, snap_dir: Path) -> None:
     assert isinstance(ds, Dataset)
     assert ds.clinicians == ("Dr A", "Dr B")
     assert ds.date_range == (dt.date(2023, 3, 2), dt.date(2024, 3, 2))
+    assert ds.n_patients == 4
     assert ds.loaded_at.tzinfo is not None
 
 
@@ -253,11 +303,12 @@ def test_url_source_and_no_snapshot(clinic: Clinic, store_url: str, snap_dir: Pa
     pd.testing.assert_frame_equal(from_url.marks, from_store.marks)
     pd.testing.assert_frame_equal(from_url.cohort, from_store.cohort)
     pd.testing.assert_frame_equal(from_url.outcomes, from_store.outcomes)
+    pd.testing.assert_frame_equal(from_url.sessions, from_store.sessions)
 
 
 def test_empty_database(store: Store, snap_dir: Path) -> None:
     ds = load_dataset(store, snapshot=snap_dir)
-    assert ds.marks.empty and ds.cohort.empty and ds.outcomes.empty
+    assert ds.marks.empty and ds.cohort.empty and ds.outcomes.empty and ds.sessions.empty
     assert list(ds.marks.columns) == list(DATASET_MARK_COLUMNS)
     assert ds.date_range is None and ds.clinicians == () and ds.atlas_versions == ()
 
@@ -277,6 +328,7 @@ def assert_same(incremental: Dataset, full: Dataset) -> None:
     pd.testing.assert_frame_equal(incremental.marks, full.marks)
     pd.testing.assert_frame_equal(incremental.cohort, full.cohort)
     pd.testing.assert_frame_equal(incremental.outcomes, full.outcomes)
+    pd.testing.assert_frame_equal(incremental.sessions, full.sessions)
     assert incremental.n_deleted_excluded == full.n_deleted_excluded
     assert incremental.atlas_versions == full.atlas_versions
 
@@ -430,3 +482,159 @@ def test_memory_is_at_most_32_bytes_a_mark(clinic: Clinic, snap_dir: Path) -> No
     fixed = ds.marks.iloc[:0].memory_usage(deep=True, index=True).sum()
     assert (total - fixed) / len(ds.marks) <= 32
     assert fixed < 4096
+
+
+# --------------------------------------------------------------------------------------------
+# One data set per server process
+# --------------------------------------------------------------------------------------------
+
+
+def test_shared_dataset_loads_once_for_every_page(clinic: Clinic, snap_dir: Path) -> None:
+    shared = SharedDataset(clinic.store, snapshot=snap_dir, max_age=3600)
+    try:
+        futures = [shared.ensure() for _ in range(5)]  # five tabs opening at once
+        data = futures[0].result(timeout=60)
+        assert all(f.result(timeout=60) is data for f in futures)
+        assert shared.loads == 1 and shared.progress == "ready"
+        # Sorted by patient, the order density maps want; the same marks as a plain load.
+        assert data.marks["patient_id"].is_monotonic_increasing
+        plain = load_dataset(clinic.store, snapshot=False).marks
+        key = ["session_id", "muscle", "x"]
+        pd.testing.assert_frame_equal(
+            data.marks.sort_values(key).reset_index(drop=True),
+            plain.sort_values(key).reset_index(drop=True),
+        )
+        assert shared.ensure().result() is data and shared.loads == 1
+    finally:
+        shared.close()
+
+
+def test_shared_dataset_refreshes_only_when_something_changed(
+    clinic: Clinic, snap_dir: Path
+) -> None:
+    shared = SharedDataset(clinic.store, snapshot=snap_dir, max_age=0)
+    try:
+        first = shared.ensure().result(timeout=60)
+        assert shared.ensure().result(timeout=60) is first and shared.loads == 1
+        clinic.store.add_mark(clinic.sessions["ben2"], mark("soleus"), USER)
+        second = shared.ensure().result(timeout=60)
+        assert second is not first and len(second.marks) == len(first.marks) + 1
+        clinic.store.create_session(
+            clinic.episodes["cara"], SessionInput(dt.date(2024, 2, 3), "Dr C"), USER
+        )
+        third = shared.ensure().result(timeout=60)
+        assert "Dr C" in third.clinicians and shared.loads == 3
+    finally:
+        shared.close()
+
+
+def test_perturbation_key_survives_a_restart(clinic: Clinic, snap_dir: Path) -> None:
+    a = SharedDataset(clinic.store, snapshot=snap_dir)
+    b = SharedDataset(clinic.store, snapshot=snap_dir)
+    ids = np.arange(1, 30)
+    assert a.cell_key.count(ids, floor=5) == b.cell_key.count(ids, floor=5)
+    key_file = snap_dir / "cellkey.bin"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    a.close()
+    b.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The snapshot with several processes
+# --------------------------------------------------------------------------------------------
+
+
+def test_snapshot_lives_where_the_environment_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(_snapshot.SNAPSHOT_ENV, str(tmp_path / "cache"))
+    directory = _snapshot.default_snapshot_dir("sqlite:///somewhere.db")
+    assert directory.parent == tmp_path / "cache" and directory.name.startswith("marks-")
+
+
+def test_replaced_parts_are_removed_only_after_a_grace_period(
+    clinic: Clinic, snap_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_snapshot, "COMPACT_PARTS", 0)  # compact on every refresh
+    snap = _snapshot.MarkSnapshot(snap_dir, clinic.store.engine)
+    snap.refresh()
+    old = {p.name for p in snap_dir.glob("*.parquet")}
+    stale = snap._read_state()
+    clinic.store.add_mark(clinic.sessions["ben2"], mark("soleus"), USER)
+    snap.refresh()
+    # A reader that read the old state can still open its parts...
+    assert old <= {p.name for p in snap_dir.glob("*.parquet")}
+    assert snap._read_merged(stale).num_rows == 6
+    # ...until the grace period is over.
+    later = dt.datetime.now(dt.UTC) + _snapshot.GRACE + dt.timedelta(seconds=1)
+    snap._remove_unlisted(snap._read_state(), now=later)
+    assert not old & {p.name for p in snap_dir.glob("*.parquet")}
+    with pytest.raises(FileNotFoundError):
+        snap._read_merged(stale)
+    # A reader holding the stale state reads the state again and gets the new rows.
+    states = iter([stale])
+    real = snap._read_state
+    monkeypatch.setattr(snap, "_read_state", lambda **kw: next(states, None) or real(**kw))
+    assert snap.read().num_rows == 7
+
+
+_WRITER = """
+import datetime as dt, sys
+from tpmap import _snapshot
+from tpmap.model import MarkInput
+from tpmap.store import Store
+_snapshot.COMPACT_PARTS = 1
+store = Store(sys.argv[1])
+snap = _snapshot.MarkSnapshot(sys.argv[2], store.engine)
+for i in range(12):
+    store.add_mark(int(sys.argv[3]), MarkInput("anterior", 1.0 + i, 50.0, "vmo", "right",
+                   "superficial", "2025.1"), "writer")
+    snap.refresh()
+print("done")
+"""
+
+
+def test_readers_in_other_processes_never_see_a_half_written_snapshot(
+    clinic: Clinic, snap_dir: Path, store_url: str
+) -> None:
+    import subprocess
+    import sys
+
+    snap = _snapshot.MarkSnapshot(snap_dir, clinic.store.engine)
+    snap.refresh()
+    # The writer's refreshes remove replaced parts at once (no grace): the reader's retry
+    # is what keeps it going.
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER.replace("_snapshot.COMPACT_PARTS = 1",
+                                               "_snapshot.COMPACT_PARTS = 1\n"
+                                               "_snapshot.GRACE = dt.timedelta(0)"),
+         store_url, str(snap_dir), str(clinic.sessions["ben2"])],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    seen = set()
+    try:
+        while writer.poll() is None:
+            table = snap.read(["id", "deleted"])
+            ids = table.column("id").to_numpy()
+            assert (np.diff(ids) > 0).all()  # whole, sorted, no duplicates
+            seen.add(table.num_rows)
+    finally:
+        out, _ = writer.communicate(timeout=120)
+    assert "done" in out
+    assert snap.read().num_rows == 6 + 12
+    assert len(seen) >= 1
+
+
+def test_stale_snapshots_are_evicted(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    old, fresh = root / "marks-old", root / "marks-fresh"
+    for d in (old, fresh):
+        d.mkdir(parents=True)
+        (d / "state.json").write_text("{}")
+    long_ago = (dt.datetime.now() - _snapshot.STALE_AFTER - dt.timedelta(days=1)).timestamp()
+    import os
+
+    os.utime(old / "state.json", (long_ago, long_ago))
+    assert _snapshot.evict_stale(root) == 1
+    assert not old.exists() and fresh.exists()

@@ -32,6 +32,20 @@ are not seen: ``refresh(rebuild=True)`` reads everything again.
 A snapshot that does not match its database any more (the database was replaced or restored
 from an older backup: ids went backwards, or the newest mark's ``created_at`` differs) is
 rebuilt from scratch, as is one written by another snapshot format version.
+
+Several processes
+-----------------
+Refreshes are serialised by an advisory lock on the directory. Every file is written under
+a temporary name and renamed into place (atomic), ``state.json`` last, so a reader sees the
+old snapshot or the new one, never half of either. A part that a refresh no longer lists is
+removed only after :data:`GRACE` (a reader that read the old state may still be opening
+it); a reader that loses that race reads the state again. Snapshot directories not used for
+:data:`STALE_AFTER` are evicted by the next refresh in the same root.
+
+Where
+-----
+:func:`default_snapshot_dir`: ``$TPMAP_SNAPSHOT_DIR`` when set (the server's settings and
+the tests set it), else the user cache directory.
 """
 
 from __future__ import annotations
@@ -70,16 +84,21 @@ from tpmap.store.schema import EpisodeRow, MarkChangeRow, MarkRow, SessionRow
 
 __all__ = [
     "DICTIONARY_COLUMNS",
+    "GRACE",
     "SAFETY_MARGIN",
     "SERIAL_WRITER_MARGIN",
+    "SNAPSHOT_ENV",
     "SNAPSHOT_SCHEMA",
     "SNAPSHOT_VERSION",
+    "STALE_AFTER",
     "MarkSnapshot",
     "RefreshStats",
     "default_snapshot_dir",
+    "evict_stale",
     "live_rows",
     "merge_parts",
     "read_marks_table",
+    "session_days",
 ]
 
 #: Bumped whenever the Parquet layout changes; an older snapshot is rebuilt.
@@ -94,6 +113,14 @@ SAFETY_MARGIN = dt.timedelta(minutes=5)
 SERIAL_WRITER_MARGIN = dt.timedelta(0)
 #: Rows fetched from the database per batch (one Parquet row group per batch).
 FETCH_ROWS = 250_000
+#: An unlisted part (or a temporary file) is removed only when older than this.
+GRACE = dt.timedelta(minutes=10)
+#: A snapshot directory whose state was not touched for this long is removed.
+STALE_AFTER = dt.timedelta(days=30)
+#: Environment variable naming the root directory of snapshots.
+SNAPSHOT_ENV = "TPMAP_SNAPSHOT_DIR"
+#: Times a reader retries when a refresh removed a part it was about to open.
+_READ_ATTEMPTS = 5
 #: Compact the parts into a new base when the deltas exceed this share of the base rows...
 COMPACT_SHARE = 0.02
 #: ... or when there are more parts than this.
@@ -147,7 +174,7 @@ _EPOCH = dt.date(1970, 1, 1)
 # --------------------------------------------------------------------------------------------
 
 
-def _session_days(dialect: str) -> Any:
+def session_days(dialect: str) -> Any:
     """SQL for the session date as days since 1970 (an integer, no Python date objects)."""
     if dialect == "sqlite":
         # julianday of a date is a whole day plus .5: the difference is exact.
@@ -174,7 +201,7 @@ def _marks_select(dialect: str) -> Select[Any]:
             _m.c.technique,
             _m.c.ltr_grade,
             _m.c.tp_status,
-            _session_days(dialect).label("session_date"),
+            session_days(dialect).label("session_date"),
             _s.c.clinician,
             _m.c.atlas_version,
             _m.c.deleted_at.is_not(None).label("deleted"),
@@ -305,17 +332,75 @@ def _url_text(url: str | URL) -> str:
 
 
 def default_snapshot_dir(url: str | URL) -> Path:
-    """Snapshot directory for a database: the user cache dir, keyed by a hash of the URL.
+    """Snapshot directory for a database: ``$TPMAP_SNAPSHOT_DIR`` or the user cache dir,
+    in a folder keyed by a hash of the URL.
 
     Examples
     --------
-    >>> default_snapshot_dir("sqlite:///x.db").name[:6]  # doctest: +SKIP
+    >>> default_snapshot_dir("sqlite:///x.db").name[:6]
     'marks-'
     """
-    import platformdirs
-
     key = hashlib.sha256(_url_text(url).encode()).hexdigest()[:20]
-    return Path(platformdirs.user_cache_dir("tpmap", appauthor=False)) / f"marks-{key}"
+    root = os.environ.get(SNAPSHOT_ENV, "").strip()
+    if not root:
+        import platformdirs
+
+        root = platformdirs.user_cache_dir("tpmap", appauthor=False)
+    return Path(root) / f"marks-{key}"
+
+
+def evict_stale(root: Path, *, keep: Path | None = None, now: dt.datetime | None = None) -> int:
+    """Remove snapshot directories under ``root`` unused for :data:`STALE_AFTER`.
+
+    A directory counts as used when its ``state.json`` (rewritten by every refresh) is
+    recent. Directories being refreshed (locked) are left alone. Returns how many went.
+    """
+    import shutil
+
+    now = now or dt.datetime.now(dt.UTC)
+    removed = 0
+    if not root.is_dir():
+        return 0
+    for directory in root.glob("marks-*"):
+        if keep is not None and directory.resolve() == keep.resolve():
+            continue
+        state = directory / "state.json"
+        try:
+            touched = dt.datetime.fromtimestamp(state.stat().st_mtime, dt.UTC)
+        except OSError:
+            touched = dt.datetime.fromtimestamp(directory.stat().st_mtime, dt.UTC)
+        if now - touched < STALE_AFTER:
+            continue
+        with _try_lock(directory) as locked:
+            if locked:
+                shutil.rmtree(directory, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def _try_lock(directory: Path) -> Iterator[bool]:
+    """An exclusive lock on ``directory`` if nobody holds it (no waiting)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield False
+        return
+    try:
+        handle = open(directory / ".lock", "a")  # noqa: SIM115 - held across the yield
+    except OSError:
+        yield False
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -381,7 +466,7 @@ class MarkSnapshot:
     def _state_path(self) -> Path:
         return self.directory / "state.json"
 
-    def _read_state(self) -> _State | None:
+    def _read_state(self, *, check_parts: bool = True) -> _State | None:
         try:
             raw = json.loads(self._state_path.read_text())
             state = _State(**raw)
@@ -389,7 +474,7 @@ class MarkSnapshot:
             return None
         if state.version != SNAPSHOT_VERSION or state.url != self._url:
             return None
-        if not all((self.directory / p["file"]).exists() for p in state.parts):
+        if check_parts and not all((self.directory / p["file"]).exists() for p in state.parts):
             return None
         return state
 
@@ -426,11 +511,20 @@ class MarkSnapshot:
         os.replace(tmp, self.directory / name)
         return name, rows
 
-    def _remove_unlisted(self, state: _State) -> None:
+    def _remove_unlisted(self, state: _State, now: dt.datetime | None = None) -> None:
+        """Remove parts no longer listed, and stray temporary files, once older than GRACE.
+
+        Not at once: a reader in another process may have read the previous state and be
+        about to open one of its parts.
+        """
+        now = now or dt.datetime.now(dt.UTC)
         listed = {p["file"] for p in state.parts}
-        for path in self.directory.glob("*.parquet"):
-            if path.name not in listed:
-                with contextlib.suppress(OSError):
+        for path in [*self.directory.glob("*.parquet"), *self.directory.glob(".*.tmp")]:
+            if path.name in listed:
+                continue
+            with contextlib.suppress(OSError):
+                modified = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
+                if now - modified >= GRACE:
                     path.unlink()
 
     # -- refresh -------------------------------------------------------------------------------
@@ -521,14 +615,14 @@ class MarkSnapshot:
             self._write_state(new)
             self._remove_unlisted(new)
             total = new.base_rows + new.delta_rows
-            return RefreshStats(kind, rows_read, total, compacted, len(new.parts))
+        evict_stale(self.directory.parent, keep=self.directory)
+        return RefreshStats(kind, rows_read, total, compacted, len(new.parts))
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _read_part(self, name: str, columns: list[str] | None) -> pa.Table:
-        path = self.directory / name
+    def _read_part(self, source: Any, columns: list[str] | None) -> pa.Table:
         return pq.read_table(
-            path,
+            source,
             columns=columns,
             read_dictionary=[c for c in DICTIONARY_COLUMNS if columns is None or c in columns],
             use_threads=True,
@@ -537,10 +631,16 @@ class MarkSnapshot:
     def _read_merged(self, state: _State, columns: list[str] | None = None) -> pa.Table:
         if not state.parts:
             return _empty() if columns is None else _empty().select(columns)
-        if len(state.parts) == 1:
-            return self._read_part(state.parts[0]["file"], columns)
-        wanted = None if columns is None else list(dict.fromkeys(["id", *columns]))
-        tables = [self._read_part(p["file"], wanted) for p in state.parts]
+        # Open every part first: an open file stays readable even if a refresh in another
+        # process removes it afterwards.
+        with contextlib.ExitStack() as stack:
+            handles = [
+                stack.enter_context(open(self.directory / p["file"], "rb")) for p in state.parts
+            ]
+            if len(handles) == 1:
+                return self._read_part(handles[0], columns)
+            wanted = None if columns is None else list(dict.fromkeys(["id", *columns]))
+            tables = [self._read_part(h, wanted) for h in handles]
         merged = merge_parts(tables[0], tables[1:])
         return merged if columns is None else merged.select(columns)
 
@@ -552,10 +652,15 @@ class MarkSnapshot:
         columns
             Columns to read (all of :data:`SNAPSHOT_SCHEMA` by default); fewer is faster.
         """
-        state = self._read_state()
-        if state is None:
-            raise FileNotFoundError(f"no snapshot in {self.directory}: refresh() first")
-        return self._read_merged(state, columns)
+        for _attempt in range(_READ_ATTEMPTS):
+            state = self._read_state(check_parts=False)
+            if state is None:
+                raise FileNotFoundError(f"no snapshot in {self.directory}: refresh() first")
+            try:
+                return self._read_merged(state, columns)
+            except FileNotFoundError:
+                continue  # a refresh replaced the parts meanwhile: read the new state
+        raise FileNotFoundError(f"the snapshot in {self.directory} kept changing while read")
 
 
 def live_rows(table: pa.Table) -> tuple[pa.Table, int]:

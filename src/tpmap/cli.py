@@ -346,28 +346,52 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
     from tpmap.atlas import load_atlas
     from tpmap.plotting import density_map, export, muscle_map
 
+    # A figure for others to see: the researcher's disclosure policy, whatever is asked.
+    policy = research.DisclosurePolicy.for_role("researcher")
+    k = policy.k(args.min_patients)
+    if args.min_patients is not None and args.min_patients < k:
+        print(f"tpmap heatmap: k cannot be below {k}: using {k}.", file=sys.stderr)
     atlas = load_atlas()
     try:
-        data = research.load_dataset(_db(args))
+        data = research.load_dataset(_db(args), snapshot=args.snapshot_dir)
     except ValueError as exc:
         print(f"tpmap heatmap: {exc}", file=sys.stderr)
         return 1
-    filters = research.Filters(
-        conditions=args.condition or None,
-        sexes=args.sex or None,
-        techniques=args.technique or None,
-        date_from=args.date_from,
-        date_to=args.date_to,
+    # The server's perturbation key for this database: the same figure gets the same noise.
+    shared = research.SharedDataset(_db(args), snapshot=args.snapshot_dir)
+    noise = shared.cell_key
+    shared.close()
+    filters = policy.coarsen(
+        research.Filters(
+            conditions=args.condition or None,
+            sexes=args.sex or None,
+            techniques=args.technique or None,
+            date_from=args.date_from,
+            date_to=args.date_to,
+        )
     )
-    cohort, marks = filters.apply(data.cohort, data.marks)
-    if args.fold:
-        marks = research.fold_to_affected_side(marks, cohort)
-    n = int(cohort["patient_id"].nunique())
-    if n == 0:
+    if data.n_patients == 0:
         print("No patients match these filters: nothing to draw.", file=sys.stderr)
         return 1
+    check = research.check_query(
+        filters,
+        data.cohort,
+        data.marks,
+        sessions=data.sessions,
+        k=k,
+        fold=args.fold,
+        date_step=policy.date_step,
+    )
+    if check.refused:
+        print(f"tpmap heatmap: {check.refused}", file=sys.stderr)
+        return 1
+    cohort, marks = data.filter(filters)
+    if args.fold:
+        cohort, marks = research.fold_to_affected_side(cohort, marks)
+    n = noise.count(cohort["patient_id"].to_numpy(), floor=k)
     in_view = marks.loc[((marks["view"] == args.view) & (marks["layer"] == args.layer)).to_numpy()]
     what = ", ".join(args.condition) if args.condition else "all conditions"
+    title = f"{args.view.replace('_', ' ').capitalize()}: {what} (n = {n})"
     if args.mode == "density":
         grid = research.density_grid(
             in_view,
@@ -375,30 +399,28 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
             bounds=atlas.bounds(args.view),
             mask=atlas.outline(args.view),
             weighting=args.weighting,
-            min_patients=args.min_patients,
+            min_patients=k,
+            dominance=policy.dominance,
+            perturbation=noise,
         )
         fig = density_map(
-            atlas,
-            args.view,
-            grid,
-            n_cohort=n,
-            layer=args.layer,
-            toolbar=False,
-            title=f"{args.view.replace('_', ' ').capitalize()}: {what} (n = {n})",
+            atlas, args.view, grid, n_cohort=n, layer=args.layer, toolbar=False, title=title
         )
     else:
-        table = research.muscle_table(marks, cohort, min_patients=args.min_patients)
+        table = research.muscle_table(marks, cohort, min_patients=k, perturbation=noise)
+        hidden = check.hidden_cells
+        keep = [(m, s) not in hidden for m, s in zip(table["muscle"], table["side"], strict=True)]
         fig = muscle_map(
             atlas,
             args.view,
-            table,
+            table.loc[keep],
             layer=args.layer,
             toolbar=False,
             colour_title=f"% of {n} patients with a mark",
-            title=f"{args.view.replace('_', ' ').capitalize()}: {what} (n = {n})",
+            title=title,
         )
     out = export(fig, args.out, title="tpmap heatmap")
-    print(f"wrote {out} ({n} patients, {len(in_view)} marks on this view)")
+    print(f"wrote {out} (about {n} patients, k = {k})")
     return 0
 
 
@@ -550,8 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw a research heatmap to a file (for figures in batch)",
         description=(
             "Draw where patients were needled, across the cohort, as a figure: .png and .svg "
-            "through Bokeh's export with Debian's Chromium, or .html. Muscles and spots backed "
-            "by fewer than --min-patients patients are not shown."
+            "through Bokeh's export with Debian's Chromium, or .html. The researcher's "
+            "disclosure rules apply (docs/privacy.md): muscles and spots backed by fewer than "
+            "k patients are not shown, k is never below 5, dates are whole months, a filter "
+            "that differs from a wider one by a few patients is refused, and counts carry "
+            "consistent noise."
         ),
     )
     heat.add_argument("--db", help=DB_HELP)
@@ -561,24 +586,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         default="density",
         choices=("density", "muscles"),
-        help="smoothed density, or per-muscle percentage of patients",
+        help="density map, or per-muscle percentage of patients",
     )
     heat.add_argument(
         "--weighting",
-        default="patient_cell",
-        choices=("patient_cell", "patient_normalised", "marks"),
-        help="density weighting: each patient once per spot (default), each patient's marks "
-        "summing to one, or every mark",
+        default="patients",
+        choices=("patients", "patient_normalised", "marks"),
+        help="density: share of patients with a mark within 1.5 cm (default), each patient's "
+        "marks summing to one (smoothed), or every mark (smoothed)",
     )
     heat.add_argument("--condition", action="append", choices=CONDITIONS, help="repeat for several")
     heat.add_argument("--sex", action="append", choices=SEXES)
     heat.add_argument("--technique", action="append", choices=TECHNIQUES)
-    heat.add_argument("--from", dest="date_from", help="first session date (YYYY-MM-DD)")
-    heat.add_argument("--to", dest="date_to", help="last session date (YYYY-MM-DD)")
+    heat.add_argument("--from", dest="date_from", help="first month (YYYY-MM-DD; whole months)")
+    heat.add_argument("--to", dest="date_to", help="last month (YYYY-MM-DD; whole months)")
     heat.add_argument(
-        "--fold", action="store_true", help="mirror marks so every affected knee is on the right"
+        "--fold",
+        action="store_true",
+        help="mirror marks so every affected knee is on the right (bilateral episodes left out)",
     )
-    heat.add_argument("--min-patients", type=int, default=5, help="small-cell threshold k")
+    heat.add_argument(
+        "--min-patients", type=int, default=None, help="small-cell threshold k (at least 5)"
+    )
+    heat.add_argument(
+        "--snapshot-dir",
+        help="where to keep the research snapshot (default $TPMAP_SNAPSHOT_DIR, else the "
+        "user cache directory)",
+    )
     heat.add_argument("--out", type=Path, required=True, help="output: .png, .svg or .html")
     heat.set_defaults(func=cmd_heatmap)
     return parser

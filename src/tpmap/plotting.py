@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -416,6 +417,19 @@ _DIV_TIPS = [
 ]
 
 
+# Named parts of each map figure, found once: select_one walks every model of the figure
+# (about 35 ms for a map), which a page redrawing on the server's event loop cannot afford.
+_PARTS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _named(fig: figure, name: str) -> Any:
+    parts = _PARTS.setdefault(fig, {})
+    model = parts.get(name)
+    if model is None:
+        model = parts[name] = fig.select_one({"name": name})
+    return model
+
+
 def _set_mapper(mapper: LinearColorMapper, values: np.ndarray, diverging: bool) -> None:
     finite = values[np.isfinite(values)]
     if diverging:
@@ -509,7 +523,7 @@ def update_muscle_map(
     Only the numbers, the colour scale and the titles change, so a page sends a few
     kilobytes to the browser instead of a new figure.
     """
-    source = fig.select_one({"name": "map-source"})
+    source = _named(fig, "map-source")
     rows: dict[tuple[str, str | None], dict[str, Any]] = {}
     if table is not None and len(table):
         has_side = "side" in table.columns
@@ -523,9 +537,9 @@ def update_muscle_map(
     for c in _MAP_COLUMNS:
         update[c] = [np.nan if rec is None or c not in rec else rec[c] for rec in found]
     source.data.update(update)
-    _set_mapper(fig.select_one({"name": "map-mapper"}), np.asarray(update["value"]), diverging)
-    fig.select_one({"name": "map-hover"}).tooltips = _DIV_TIPS if diverging else _SEQ_TIPS
-    fig.select_one({"name": "colour-bar"}).title = colour_title or value
+    _set_mapper(_named(fig, "map-mapper"), np.asarray(update["value"]), diverging)
+    _named(fig, "map-hover").tooltips = _DIV_TIPS if diverging else _SEQ_TIPS
+    _named(fig, "colour-bar").title = colour_title or value
     if title is not None:
         fig.title.text = title
 
@@ -587,7 +601,7 @@ def image_map(
     )
     _draw_landmarks(fig, atlas, view)
     fig.add_tools(
-        HoverTool(renderers=[img], tooltips=[("Value", "@image{0.00}")]),
+        HoverTool(renderers=[img], tooltips=[("Value", "@image{0.0}")], name="image-hover"),
         HoverTool(renderers=[outlines], tooltips=[("Muscle", "@name")]),
     )
     fig.add_layout(_colour_bar(mapper, ""), "right")
@@ -598,19 +612,16 @@ def image_map(
 def _set_image(
     fig: figure, values: np.ndarray, *, diverging: bool, colour_title: str, title: str | None
 ) -> None:
-    fig.select_one({"name": "image-source"}).data["image"] = [values]
-    _set_mapper(fig.select_one({"name": "map-mapper"}), values, diverging)
-    fig.select_one({"name": "colour-bar"}).title = colour_title
+    _named(fig, "image-source").data["image"] = [values]
+    _set_mapper(_named(fig, "map-mapper"), values, diverging)
+    _named(fig, "colour-bar").title = colour_title
     if title is not None:
         fig.title.text = title
 
 
 def _density_values(grid: Any, n_cohort: int | None) -> tuple[np.ndarray, str]:
-    per_cm2 = grid.values / grid.spec.cell**2
-    if grid.weighting == "marks" or not n_cohort:
-        unit = {"marks": "marks", "patient_cell": "patients", "patient_normalised": "patients"}
-        return per_cm2, f"{unit[grid.weighting]} per cm²"
-    return 100.0 * per_cm2 / n_cohort, f"% of {n_cohort} patients per cm²"
+    # The research side knows what each weighting means; the label is its words.
+    return grid.display(n_cohort)
 
 
 def density_map(
@@ -626,8 +637,10 @@ def density_map(
 ) -> figure:
     """A heatmap of a :class:`tpmap.research.DensityGrid` over the body outline.
 
-    Values are shown per square centimetre; with a cohort size, patient weightings are
-    shown as a percentage of the cohort's patients per cm2.
+    The colour bar says what the values are, truthfully for each weighting
+    (:meth:`tpmap.research.DensityGrid.display`): with the cohort's size, the default map
+    reads "% of N patients with a mark within 1.5 cm"; smoothed mark maps read "marks per
+    cm²". Hidden spots (small-cell suppression, dominance) are transparent.
     """
     fig = image_map(
         atlas, view, grid.spec, title=title, height=height, toolbar=toolbar, layer=layer
@@ -670,13 +683,10 @@ def update_difference_map(
     fig: figure, diff: Any, *, labels: tuple[str, str] = ("A", "B"), title: str | None = None
 ) -> None:
     """Put a new difference grid on a figure made by :func:`difference_map`."""
-    label = (
-        f"{labels[0]} (n={diff.n_cohort_a}) minus {labels[1]} (n={diff.n_cohort_b}), "
-        "% of patients per cm²"
-    )
-    _set_image(
-        fig, diff.values / diff.spec.cell**2, diverging=True, colour_title=label, title=title
-    )
+    label = f"{labels[0]} (n={diff.n_cohort_a}) minus {labels[1]} (n={diff.n_cohort_b}), "
+    label += diff.label
+    values = diff.values if diff.a.weighting == "patients" else diff.values / diff.spec.cell**2
+    _set_image(fig, values, diverging=True, colour_title=label, title=title)
 
 
 def _draw_landmarks(fig: figure, atlas: Atlas, view: str) -> None:

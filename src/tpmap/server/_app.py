@@ -56,7 +56,11 @@ class Settings:
     host, port : str, int
         Where to listen. Port 0 picks a free port.
     min_patients : int
-        Small-cell suppression threshold of research outputs.
+        The floor of small-cell suppression (k) for research outputs: the researcher page and
+        its downloads use ``max(requested, min_patients)``.
+    snapshot_dir : str or None
+        Directory of the research data's Parquet snapshots (and the perturbation key);
+        None means ``$TPMAP_SNAPSHOT_DIR``, else the user cache directory.
     allowed_origins : tuple of str
         Extra websocket origins (``host`` or ``host:port``, as the browser's address bar
         shows them), e.g. the public name behind a proxy. Never ``*``.
@@ -76,6 +80,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5006
     min_patients: int = 5
+    snapshot_dir: str | None = None
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     secret_file: str | None = None
     data_dir: str | None = None
@@ -210,7 +215,12 @@ def build_server(
     auth = TpmapAuth(
         store, idle_timeout=settings.idle_timeout, secure_cookies=settings.behind_proxy
     )
-    context = {"atlas": atlas, "store": store, "settings": settings}
+    # One research data set per process, loaded when a researcher page first needs it and
+    # shared by every tab (tpmap.research.SharedDataset: no Bokeh, its own worker thread).
+    from tpmap.research import SharedDataset, view_grids
+
+    research = SharedDataset(store, snapshot=settings.snapshot_dir, grids=view_grids(atlas))
+    context = {"atlas": atlas, "store": store, "settings": settings, "research": research}
     apps = {
         path: _PageApplication(FunctionHandler(_page(make, context, auth)))
         for path, make in _pages().items()

@@ -1,0 +1,224 @@
+"""A clinician's taps while a researcher loads and filters, on the same server.
+
+One `tpmap serve` process on the 10^6-mark database of ``python -m bench annotate``, with a
+cold research snapshot (in a temporary folder). Debian's Chromium via Playwright: a
+clinician page taps marks (tap to mark drawn as saved, measured by the page's own clock, as
+in bench_annotate) while, in another browser context, a researcher page
+
+1. is idle (not open): the baseline;
+2. opens and loads the 10^6 marks (cold: every mark read from the database);
+3. changes a filter before every tap (the page recomputes on the research worker).
+
+The alternative, side by side: the previous design ran the load inside ``make_document``
+and every recomputation inside the widget callback, on the event loop: every clinician tap
+in that process waited for them. Their durations are measured in-process here (a cold
+``load_dataset`` and one ``ExplorePage.compute``), which is how long a tap could be held up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+
+import numpy as np
+from bokeh.document import Document
+
+from bench._report import print_rows
+from bench.bench_annotate import _SCREEN, URL, _build_db, _pct, _serve, _tap_patient
+from tpmap import load_atlas, research
+from tpmap.apps.explore import make_document
+
+N_TAPS = 20
+CONDITIONS = ["knee_osteoarthritis", "patellofemoral_pain", "lateral_knee_pain"]
+# As bench_annotate's, but the result lands in a variable the bench waits for with a timeout.
+_ARM = """([source, n]) => {
+  window.__tapMs = undefined;
+  document.addEventListener("pointerdown", () => {
+    const t0 = performance.now();
+    const saved = () => {
+      const d = Bokeh.documents[0].get_model_by_name(source).data;
+      const state = Array.from(d instanceof Map ? d.get("state") : d.state);
+      return state.filter(s => s === "saved").length >= n;
+    };
+    const check = () => saved() ? (window.__tapMs = performance.now() - t0)
+                                : requestAnimationFrame(check);
+    requestAnimationFrame(check);
+  }, {once: true, capture: true});
+}"""
+LEGEND = "() => (Bokeh.documents[0].get_model_by_name('legend') || {}).text || ''"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None  # the 302 itself is the answer
+
+
+def _points(atlas, n: int) -> list[tuple[float, float]]:
+    """``n`` tap positions 1.5 cm apart on large superficial muscles of the posterior view,
+    so that no tap lands on an earlier mark (that would select it instead of adding one)."""
+    out = []
+    for muscle in ("gluteus_maximus", "gluteus_medius", "biceps_femoris", "adductors"):
+        for side in ("left", "right"):
+            try:
+                poly = atlas.region("posterior", muscle, side).polygon
+            except (KeyError, LookupError, ValueError):
+                continue
+            minx, miny, maxx, maxy = poly.bounds
+            for x in np.arange(minx + 0.75, maxx, 1.5):
+                for y in np.arange(miny + 0.75, maxy, 1.5):
+                    hit = atlas.region_at("posterior", float(x), float(y), layer="superficial")
+                    if hit is not None and hit.muscle == muscle:
+                        out.append((float(x), float(y)))
+    if len(out) < n:
+        raise RuntimeError(f"only {len(out)} tap positions; the bench needs {n}")
+    return out[:n]
+
+
+def main() -> list[tuple[str, str, str]]:
+    warnings.simplefilter("ignore")
+    _build_db()
+    work = tempfile.mkdtemp(prefix="tpmap-bench-concurrent-")
+    os.environ["TPMAP_SNAPSHOT_DIR"] = work  # cold, and never the user's cache
+    try:
+        return _run(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(work: str) -> list[tuple[str, str, str]]:
+    from playwright.sync_api import sync_playwright
+
+    atlas = load_atlas()
+    tap_code = _tap_patient()
+    proc, url = _serve()
+    points = iter(_points(atlas, 6 * N_TAPS))
+    phases: dict[str, list[float]] = {"idle": [], "loading": [], "filtering": []}
+    loop_ms: dict[str, list[float]] = {"idle": [], "loading": [], "filtering": []}
+    opener = urllib.request.build_opener(_NoRedirect)
+    load_seconds = 0.0
+    n_taps = 0
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            clinician = browser.new_context(viewport={"width": 1024, "height": 768}).new_page()
+            researcher = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+            clinician.goto(url + "/annotate")
+            clinician.locator("div.bk-Canvas").first.wait_for()
+            clinician.locator(".tp-patient-search input").fill(tap_code)
+            clinician.locator(".tp-patient-search input").press("Enter")
+            clinician.wait_for_timeout(500)
+            clinician.locator(".tp-patient select").select_option(label=tap_code)
+            clinician.wait_for_function(
+                "() => Bokeh.documents[0].get_model_by_name('status').text.includes(': 0 marks')"
+            )
+
+            def tap(phase: str) -> None:
+                nonlocal n_taps
+                # The server's event loop alone: "/" is a redirect answered on the loop.
+                t0 = time.perf_counter()
+                with contextlib.suppress(urllib.error.HTTPError):
+                    opener.open(url + "/", timeout=30).close()
+                loop_ms[phase].append(1000 * (time.perf_counter() - t0))
+                x, y = next(points)
+                sx, sy = clinician.evaluate(_SCREEN, ["atlas-posterior", x, y])
+                clinician.evaluate(_ARM, ["marks-posterior", n_taps + 1])
+                clinician.mouse.click(sx, sy)
+                clinician.wait_for_function("() => window.__tapMs !== undefined", timeout=60_000)
+                phases[phase].append(clinician.evaluate("() => window.__tapMs"))
+                n_taps += 1
+                print(f"  {phase}: tap {n_taps} {phases[phase][-1]:.0f} ms", flush=True)
+                clinician.wait_for_timeout(350)  # keep taps apart: each is a plain Tap
+
+            for _ in range(N_TAPS):
+                tap("idle")
+
+            # The researcher opens the page: the data set loads (cold) on the research worker.
+            started = time.perf_counter()
+            researcher.goto(url + "/explore", wait_until="commit")
+            while True:
+                try:
+                    done = "patients" in researcher.evaluate(LEGEND)
+                except Exception:  # the page's document may not exist yet
+                    done = False
+                if done:
+                    break
+                tap("loading")
+            load_seconds = time.perf_counter() - started
+
+            # Interleaved, so that the machine's other load affects both alike.
+            for i in range(2 * N_TAPS):
+                if i % 2:
+                    researcher.evaluate(
+                        "c => { Bokeh.documents[0].get_model_by_name('conditions').value = [c]; }",
+                        CONDITIONS[i % len(CONDITIONS)],
+                    )
+                    tap("filtering")
+                else:
+                    researcher.wait_for_timeout(600)  # the last change computed and drawn
+                    tap("idle")
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+    # The alternative: how long the event loop was held by the same work in the old design.
+    t = time.perf_counter()
+    data = research.load_dataset(URL, snapshot=os.path.join(work, "cold"))
+    cold_load = time.perf_counter() - t
+    page = make_document(Document(), dataset=data, atlas=atlas)
+    page.settle()
+    compute_ms = []
+    for condition in CONDITIONS * 2:
+        page.conditions.value = [condition]
+        t = time.perf_counter()
+        page.compute(page.request())
+        compute_ms.append(1000 * (time.perf_counter() - t))
+    page.settle()
+
+    def summary(values: list[float]) -> str:
+        if not values:
+            return "-"
+        digits = 1 if statistics.median(values) < 10 else 0
+        return (
+            f"median {statistics.median(values):.{digits}f} ms, "
+            f"p95 {_pct(values, 0.95):.{digits}f} ms"
+        )
+
+    rows = [
+        ("server event loop (a redirect), researcher idle", summary(loop_ms["idle"]), ""),
+        ("server event loop while the page loads", summary(loop_ms["loading"]), ""),
+        ("server event loop right after a filter change", summary(loop_ms["filtering"]), ""),
+        ("clinician tap, researcher page idle", summary(phases["idle"]), ""),
+        (
+            f"clinician tap while the researcher page loads ({load_seconds:.1f} s, "
+            f"{len(phases['loading'])} taps)",
+            summary(phases["loading"]),
+            f"event loop held {cold_load:.1f} s by the load",
+        ),
+        (
+            "clinician tap right after each filter change",
+            summary(phases["filtering"]),
+            f"event loop held {statistics.median(compute_ms):.0f} ms per change",
+        ),
+    ]
+    print_rows(
+        f"clinician and researcher on one server, {len(data.marks):,} marks",
+        rows,
+        "alternative (old design)",
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
