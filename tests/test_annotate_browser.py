@@ -158,3 +158,45 @@ def test_the_structures_layer_records_the_ligament_tapped(serve, page, tmp_path)
         ("medial_joint_line", "structures"),
     ]
     store.close()
+
+
+def test_outcome_scores_entered_on_the_page_show_in_the_progress_view(serve, page, tmp_path):
+    url = f"sqlite:///{tmp_path / 'outcomes.db'}"
+    store = Store(url)
+    patient = store.create_patient({"code": "P-SCORE"}, "t")
+    episode = store.create_episode(
+        patient.id,
+        {"condition": "knee_osteoarthritis", "affected_side": "left", "start_date": "2026-01-05"},
+        "t",
+    )
+    store.create_session(
+        episode.id, {"date": "2026-01-06", "clinician": "AB", "nprs_before": 7}, "t"
+    )
+    server = serve(url)
+    sign_in(page, server, next_path="/annotate")
+    wait_for_bokeh(page)
+    page.locator(".tp-patient select").select_option(label="P-SCORE")
+    wait_status(page, "0 marks")
+    page.get_by_role("tab", name="Outcomes").click()
+    for instrument, score in (("WOMAC physical function", "31"), ("Kujala", "64")):
+        page.locator(".tp-outcome-instrument select").select_option(label=instrument)
+        page.locator(".tp-outcome-score input").fill(score)
+        page.get_by_role("button", name="Add score").click()
+        wait_status(page, f"Saved {instrument} {score}")
+    assert [(o.instrument, o.score) for o in store.list_outcomes(episode.id)] == [
+        ("womac_function", 31.0),
+        ("kujala", 64.0),
+    ]
+    page.get_by_role("tab", name="Progress").click()
+    page.wait_for_function(
+        "() => (Bokeh.documents[0].get_model_by_name('progress-summary').text || '')"
+        ".includes('Kujala: 64')"
+    )
+    summary = model_attr(page, "progress-summary", "text")
+    assert "WOMAC physical function: 31" in summary and "NPRS: 7" in summary
+    shown = page.evaluate(
+        "() => Bokeh.documents[0].get_model_by_name('progress-instruments')"
+        ".children.map(f => f.name)"
+    )
+    assert shown == ["progress-womac_function", "progress-kujala"]
+    store.close()

@@ -134,7 +134,7 @@ def test_every_widget_is_on_screen_in_every_state(serve, browser, clinic, width,
         )
         check(page, width, height, "rejected value")
 
-        for tab in ("Session", "Marks", "Progress", "Mark"):
+        for tab in ("Session", "Marks", "Outcomes", "Progress", "Mark"):
             page.get_by_role("tab", name=tab, exact=True).click()
             check(page, width, height, f"{tab} tab")
 
@@ -154,7 +154,13 @@ def test_tabs_are_announced_as_tabs_and_work_from_the_keyboard(serve, page, clin
     tablist = page.get_by_role("tablist", name="Session details")
     tablist.wait_for()
     tabs = page.get_by_role("tab")
-    assert [t.inner_text() for t in tabs.all()] == ["Mark", "Session", "Marks", "Progress"]
+    assert [t.inner_text() for t in tabs.all()] == [
+        "Mark",
+        "Session",
+        "Marks",
+        "Outcomes",
+        "Progress",
+    ]
     mark_tab = page.get_by_role("tab", name="Mark", exact=True)
     assert mark_tab.get_attribute("aria-selected") == "true"
     mark_tab.focus()

@@ -99,7 +99,7 @@ def test_reopening_is_idempotent_and_keeps_data(store_url: str) -> None:
     with open_store(store_url) as first:
         first.create_patient({"code": "P-1"}, USER)
     with open_store(store_url) as second, open_store(store_url) as third:
-        assert current_revision(second.engine) == head_revision() == "0004"
+        assert current_revision(second.engine) == head_revision() == "0005"
         assert [p.code for p in third.find_patients("")] == ["P-1"]
 
 

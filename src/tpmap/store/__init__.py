@@ -24,6 +24,7 @@ from tpmap.store._records import (
     PressurePainThreshold,
     SessionRecord,
     SignInError,
+    UndoResult,
     UserAccount,
 )
 from tpmap.store._scoped import NOT_FOUND, ScopedStore
@@ -51,6 +52,7 @@ __all__ = [
     "SignIn",
     "SignInError",
     "Store",
+    "UndoResult",
     "UserAccount",
     "current_revision",
     "default_database_url",

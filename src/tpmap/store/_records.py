@@ -20,6 +20,7 @@ __all__ = [
     "PressurePainThreshold",
     "SessionRecord",
     "SignInError",
+    "UndoResult",
     "UserAccount",
     "record_from_row",
 ]
@@ -177,6 +178,14 @@ class Outcome:
     score: float
     date: dt.date
     deleted_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UndoResult:
+    """What an undo did: words for the status line, and the record it touched."""
+
+    text: str
+    record_id: int
 
 
 @dataclass(frozen=True, slots=True)

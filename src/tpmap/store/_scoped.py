@@ -19,6 +19,7 @@ from tpmap.store._records import (
     Patient,
     PressurePainThreshold,
     SessionRecord,
+    UndoResult,
 )
 
 if TYPE_CHECKING:
@@ -281,6 +282,16 @@ class ScopedStore:
     def restore_outcome(self, outcome_id: int) -> Outcome:
         """Bring back a deleted outcome score."""
         return self._store.restore_outcome(outcome_id, self.principal)
+
+    @_same_not_found
+    def update_outcome(self, outcome_id: int, fields: Mapping[str, Any]) -> Outcome:
+        """Correct an outcome score."""
+        return self._store.update_outcome(outcome_id, fields, self.principal)
+
+    @_same_not_found
+    def undo_last_outcome(self, episode_id: int) -> UndoResult | None:
+        """Undo the latest change to an episode's outcome scores."""
+        return self._store.undo_last_outcome(episode_id, self.principal)
 
     def record_export(self, record: Mapping[str, Any]) -> None:
         """Write a research export to the audit trail under the principal's name."""

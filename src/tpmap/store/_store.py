@@ -53,6 +53,7 @@ from tpmap.store._records import (
     Patient,
     PressurePainThreshold,
     SessionRecord,
+    UndoResult,
     record_from_row,
 )
 from tpmap.store.schema import (
@@ -62,6 +63,7 @@ from tpmap.store.schema import (
     LoginSessionRow,
     MarkChangeRow,
     MarkRow,
+    OutcomeChangeRow,
     OutcomeMeasureRow,
     PatientRow,
     PressurePainThresholdRow,
@@ -86,6 +88,10 @@ _changes: Table = MarkChangeRow.__table__  # type: ignore[assignment]
 _ppts: Table = PressurePainThresholdRow.__table__  # type: ignore[assignment]
 _adverse: Table = AdverseEventRow.__table__  # type: ignore[assignment]
 _outcomes: Table = OutcomeMeasureRow.__table__  # type: ignore[assignment]
+_outcome_changes: Table = OutcomeChangeRow.__table__  # type: ignore[assignment]
+_OUTCOME_FIELDS: tuple[str, ...] = ("instrument", "score", "date")
+# Runs inside a reading's transaction after it changed: (connection, row, who).
+_AfterChange = Callable[[Connection, RowMapping, str], None]
 _clinics: Table = ClinicRow.__table__  # type: ignore[assignment]
 _users: Table = UserRow.__table__  # type: ignore[assignment]
 _user_clinics: Table = UserClinicRow.__table__  # type: ignore[assignment]
@@ -175,7 +181,8 @@ def _fields(
 
 
 def _json(values: Mapping[str, Any] | None) -> str | None:
-    return None if values is None else json.dumps(dict(values), sort_keys=True)
+    # Dates (of outcome scores) as ISO text: validation reads them back as dates.
+    return None if values is None else json.dumps(dict(values), sort_keys=True, default=str)
 
 
 def _muscle_words(row: Mapping[str, Any]) -> str:
@@ -1003,7 +1010,10 @@ class Store(AccountsMixin):
         kind: str,
         values: Mapping[str, Any],
         user: str | Principal,
+        then: _AfterChange | None = None,
     ) -> RowMapping:
+        """Insert a reading under its parent (checked against the user's clinics), audited;
+        ``then(conn, row, who)`` runs in the same transaction (a change log)."""
         parent_id = _ident(parent_id, parent_kind)
         table = _KINDS[kind][0]
         with self._write() as conn:
@@ -1025,6 +1035,8 @@ class Store(AccountsMixin):
                 clinic_id=cid,
                 after=_row_values(row, ("id", "deleted_at", "deleted_by")),
             )
+            if then is not None:
+                then(conn, row, actor.name)
             return row
 
     def _list_children(
@@ -1051,8 +1063,15 @@ class Store(AccountsMixin):
             return list(conn.execute(stmt).mappings().all())
 
     def _set_child_deleted(
-        self, kind: str, ident: int, deleted: bool, user: str | Principal
+        self,
+        kind: str,
+        ident: int,
+        deleted: bool,
+        user: str | Principal,
+        then: _AfterChange | None = None,
     ) -> RowMapping:
+        """Soft-delete (or restore) a reading, audited; ``then(conn, row, who)`` runs in the
+        same transaction when something changed."""
         ident = _ident(ident, kind)
         table, what = _KINDS[kind]
         with self._write() as conn:
@@ -1080,6 +1099,8 @@ class Store(AccountsMixin):
                     before={"deleted_at": current["deleted_at"]},
                     after={"deleted_at": values["deleted_at"]},
                 )
+                if then is not None:
+                    then(conn, current, actor.name)
             return self._require(conn, table, ident, what)
 
     def add_pressure_pain_threshold(
@@ -1158,9 +1179,13 @@ class Store(AccountsMixin):
         outcome: model.OutcomeInput | Mapping[str, Any],
         user: str | Principal,
     ) -> Outcome:
-        """Record an outcome instrument score for an episode."""
+        """Record an outcome instrument score for an episode (undoable)."""
         values = _fields(outcome, model.validate_outcome_fields)
-        row = self._add_child("episode", episode_id, "outcome", values, user)
+
+        def log(conn: Connection, row: RowMapping, who: str) -> None:
+            self._log_outcome(conn, row, "create", None, values, who)
+
+        row = self._add_child("episode", episode_id, "outcome", values, user, then=log)
         return record_from_row(Outcome, row)
 
     def list_outcomes(
@@ -1176,14 +1201,171 @@ class Store(AccountsMixin):
         )
         return [record_from_row(Outcome, r) for r in rows]
 
+    def _log_outcome(
+        self,
+        conn: Connection,
+        outcome: Mapping[str, Any],
+        action: str,
+        before: Mapping[str, Any] | None,
+        after: Mapping[str, Any] | None,
+        who: str,
+        undo_of: int | None = None,
+    ) -> None:
+        conn.execute(
+            insert(_outcome_changes).values(
+                outcome_id=outcome["id"],
+                episode_id=outcome["episode_id"],
+                action=action,
+                before=_json(before),
+                after=_json(after),
+                at=utcnow(),
+                user=who,
+                undo_of=undo_of,
+            )
+        )
+
+    def _change_outcome(
+        self,
+        conn: Connection,
+        current: Mapping[str, Any],
+        requested: Mapping[str, Any],
+        who: str,
+        owner: tuple[int, int],
+        undo_of: int | None = None,
+    ) -> bool:
+        """Validate the merged score, write what changed, audit and log it; True if changed."""
+        if current["deleted_at"] is not None:
+            raise ValidationError({"score": "This score was removed: undo the removal first"})
+        merged = {k: current[k] for k in _OUTCOME_FIELDS} | dict(requested)
+        cleaned = model.validate_outcome_fields(merged)
+        changed = {k: v for k, v in cleaned.items() if k in requested and v != current[k]}
+        if not changed:
+            return False
+        conn.execute(update(_outcomes).where(_outcomes.c.id == current["id"]).values(**changed))
+        before = {k: current[k] for k in changed}
+        pid, cid = owner
+        self._audit(
+            conn,
+            who,
+            "update",
+            "outcome",
+            entity_id=current["id"],
+            patient_id=pid,
+            clinic_id=cid,
+            before=before,
+            after=changed,
+        )
+        self._log_outcome(conn, current, "update", before, changed, who, undo_of)
+        return True
+
+    def update_outcome(
+        self, outcome_id: int, fields: Mapping[str, Any], user: str | Principal
+    ) -> Outcome:
+        """Correct an outcome score (its score, date or instrument), validated as a whole."""
+        unknown = [name for name in fields if name not in _OUTCOME_FIELDS]
+        if unknown:
+            raise ValidationError({name: f"Unknown field: {printable(name)}" for name in unknown})
+        requested = dict(fields)  # validated merged with the stored score
+        ident = _ident(outcome_id, "outcome")
+        with self._write() as conn:
+            actor = self._actor(conn, user)
+            owner = self._owner(conn, actor, "outcome", ident)
+            current = self._require(conn, _outcomes, ident, "outcome")
+            self._change_outcome(conn, current, requested, actor.name, owner)
+            return record_from_row(Outcome, self._require(conn, _outcomes, ident, "outcome"))
+
     def delete_outcome(self, outcome_id: int, user: str | Principal) -> Outcome:
-        """Remove an outcome score entered by mistake (soft deletion)."""
-        return record_from_row(Outcome, self._set_child_deleted("outcome", outcome_id, True, user))
+        """Remove an outcome score entered by mistake (soft deletion; undoable)."""
+
+        def log(conn: Connection, row: RowMapping, who: str) -> None:
+            self._log_outcome(conn, row, "delete", None, None, who)
+
+        row = self._set_child_deleted("outcome", outcome_id, True, user, then=log)
+        return record_from_row(Outcome, row)
 
     def restore_outcome(self, outcome_id: int, user: str | Principal) -> Outcome:
         """Bring back a deleted outcome score."""
-        row = self._set_child_deleted("outcome", outcome_id, False, user)
+
+        def log(conn: Connection, row: RowMapping, who: str) -> None:
+            self._log_outcome(conn, row, "restore", None, None, who)
+
+        row = self._set_child_deleted("outcome", outcome_id, False, user, then=log)
         return record_from_row(Outcome, row)
+
+    def undo_last_outcome(self, episode_id: int, user: str | Principal) -> UndoResult | None:
+        """Revert the latest change to this episode's outcome scores not yet undone.
+
+        Undoing an addition removes the score, undoing a removal brings it back, undoing a
+        correction puts the earlier values back; calling it again walks further back.
+
+        Returns
+        -------
+        UndoResult or None
+            What was undone (for the status line) and the score it touched; None when
+            nothing is left to undo.
+        """
+        episode_id = _ident(episode_id, "episode")
+        undo = aliased(_outcome_changes)
+        stmt = (
+            select(_outcome_changes)
+            .where(
+                _outcome_changes.c.episode_id == episode_id,
+                _outcome_changes.c.undo_of.is_(None),
+                ~exists().where(undo.c.undo_of == _outcome_changes.c.id),
+            )
+            .order_by(_outcome_changes.c.id.desc())
+            .limit(1)
+        )
+        with self._write() as conn:
+            actor = self._actor(conn, user)
+            self._owner(conn, actor, "episode", episode_id)
+            change = conn.execute(stmt).mappings().first()
+            if change is None:
+                return None
+            ident, action, who = change["outcome_id"], change["action"], actor.name
+            owner = self._owner(conn, actor, "outcome", ident)
+            current = self._require(conn, _outcomes, ident, "outcome")
+            if action in ("create", "restore", "delete"):
+                deleted = action != "delete"
+                now = utcnow()
+                values = (
+                    {"deleted_at": now, "deleted_by": who}
+                    if deleted
+                    else {"deleted_at": None, "deleted_by": None}
+                )
+                conn.execute(update(_outcomes).where(_outcomes.c.id == ident).values(**values))
+                self._audit(
+                    conn,
+                    who,
+                    "delete" if deleted else "restore",
+                    "outcome",
+                    entity_id=ident,
+                    patient_id=owner[0],
+                    clinic_id=owner[1],
+                    before={"deleted_at": current["deleted_at"]},
+                    after={"deleted_at": values["deleted_at"]},
+                )
+                self._log_outcome(
+                    conn,
+                    current,
+                    "delete" if deleted else "restore",
+                    None,
+                    None,
+                    who,
+                    undo_of=change["id"],
+                )
+                verb = {"create": "adding", "restore": "restoring", "delete": "removing"}[action]
+            else:
+                before = json.loads(change["before"] or "{}")
+                if current["deleted_at"] is not None or not self._change_outcome(
+                    conn, current, before, who, owner, undo_of=change["id"]
+                ):
+                    # Nothing to put back any more; record the undo so the walk moves on.
+                    self._log_outcome(conn, current, "update", {}, {}, who, undo_of=change["id"])
+                verb = "correcting"
+            spec = model.OUTCOME_INSTRUMENTS[current["instrument"]]
+            text = f"Undid {verb} the {spec.label} score of {current['date']:%d %b %Y}"
+            return UndoResult(text, ident)
 
     # -- bulk ----------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ __all__ = [
     "LoginSessionRow",
     "MarkChangeRow",
     "MarkRow",
+    "OutcomeChangeRow",
     "OutcomeMeasureRow",
     "PatientRow",
     "PressurePainThresholdRow",
@@ -354,6 +355,27 @@ class OutcomeMeasureRow(Base):
     date: Mapped[dt.date] = mapped_column(Date)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     deleted_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class OutcomeChangeRow(Base):
+    """Append-only log of every change to an outcome score; the Outcomes panel's undo walks it.
+
+    Like :class:`MarkChangeRow`, per episode: ``before``/``after`` hold JSON objects of the
+    changed fields, and an entry written by an undo points at the entry it reverted.
+    """
+
+    __tablename__ = "outcome_changes"
+    __table_args__ = (_one_of("action", ("create", "update", "delete", "restore")),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    outcome_id: Mapped[int] = mapped_column(ForeignKey("outcome_measures.id"), index=True)
+    episode_id: Mapped[int] = mapped_column(ForeignKey("episodes.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    before: Mapped[str | None] = mapped_column(Text)
+    after: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    user: Mapped[str] = mapped_column(String(100))
+    undo_of: Mapped[int | None] = mapped_column(ForeignKey("outcome_changes.id"), index=True)
 
 
 class MarkChangeRow(Base):

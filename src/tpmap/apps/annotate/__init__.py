@@ -8,6 +8,7 @@ The page is made of parts, each owning its widgets and callbacks:
 - :class:`~tpmap.apps.annotate._session_panel.SessionPanel`: NPRS, pressure pain
   thresholds, adverse events;
 - :class:`~tpmap.apps.annotate._marks_table.MarksTable`: the session's marks as a list;
+- :class:`~tpmap.apps.annotate._outcomes.OutcomesPanel`: the episode's outcome scores;
 - :class:`~tpmap.apps.annotate._progress.ProgressView`: pain, outcome scores and needling
   sites across the episode;
 - :class:`~tpmap.apps.annotate._status.StatusLine`: one message per action.
@@ -42,6 +43,7 @@ from tpmap.apps.annotate._diagram import Diagram
 from tpmap.apps.annotate._layout import PAGE_MARGIN, REPORT_VIEWPORT_JS, LayoutPlan, plan_layout
 from tpmap.apps.annotate._mark_form import MarkForm
 from tpmap.apps.annotate._marks_table import MarksTable
+from tpmap.apps.annotate._outcomes import OutcomesPanel
 from tpmap.apps.annotate._pickers import Pickers
 from tpmap.apps.annotate._progress import ProgressView
 from tpmap.apps.annotate._runner import Runner
@@ -84,6 +86,9 @@ class AnnotatePage:
         self.marks_table = MarksTable(
             self.ctx, width=self.plan.panel_width, height=self.plan.table_height
         )
+        self.outcomes = OutcomesPanel(
+            self.ctx, width=self.plan.panel_width, height=self.plan.table_height - 220
+        )
         self.progress = ProgressView(self.ctx, width=self.plan.panel_width)
         self.pickers = Pickers(
             self.ctx,
@@ -95,6 +100,7 @@ class AnnotatePage:
                 TabPanel(child=self.mark_form.layout, title="Mark"),
                 TabPanel(child=self.session_panel.layout, title="Session"),
                 TabPanel(child=self.marks_table.layout, title="Marks"),
+                TabPanel(child=self.outcomes.layout, title="Outcomes"),
                 TabPanel(child=self.progress.layout, title="Progress"),
             ],
             name="panel",
@@ -141,6 +147,7 @@ class AnnotatePage:
             *self.session_panel.ppts.fields.values(),
             *self.pickers.patient_fields.values(),
             *self.pickers.episode_fields.values(),
+            self.outcomes.fields["score"],
         ]
         return [f.widget for f in fields if f.spec.numeric]
 
@@ -172,6 +179,7 @@ class AnnotatePage:
         self.mark_form.resize(plan.panel_width)
         self.marks_table.resize(plan.panel_width, plan.table_height)
         self.progress.resize(plan.panel_width, plan.table_height + 30)
+        self.outcomes.resize(plan.panel_width, max(160, plan.table_height - 220))
         if self.tabs.width != plan.panel_width:
             self.tabs.width = plan.panel_width
         # Which window the layout is for (browser tests wait for it).
@@ -180,17 +188,20 @@ class AnnotatePage:
             self.root.tags = applied
 
     # ------------------------------------------------------------------ state
-    PROGRESS_TAB = 3
+    OUTCOMES_TAB = 3
+    PROGRESS_TAB = 4
 
     def _on_state(self, change: str) -> None:
         if change == "selection" and self.state.selected is not None:
             self.tabs.active = 0  # show the selected mark's details
-        elif change == "session" and self.tabs.active == self.PROGRESS_TAB:
-            self.progress.load()
+        elif change == "session":
+            self._tab_shown(self.tabs.active)
 
     def _tab_shown(self, index: int) -> None:
-        # The progress view reads the whole episode: only when it is looked at.
-        if index == self.PROGRESS_TAB:
+        # The outcomes and the progress view read the whole episode: only when looked at.
+        if index == self.OUTCOMES_TAB:
+            self.outcomes.load()
+        elif index == self.PROGRESS_TAB:
             self.progress.load()
 
     # ------------------------------------------------------------------ conveniences
