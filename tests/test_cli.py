@@ -21,7 +21,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_help_explains_each_subcommand():
     out = run("--help").stdout
-    for cmd in ("serve", "demo", "atlas"):
+    for cmd in ("serve", "demo", "atlas", "report", "user", "audit"):
         assert cmd in out
     sub = run("atlas", "--help").stdout
     assert "--out" in sub and "--build" in sub
@@ -120,3 +120,35 @@ def test_atlas_svg_export(tmp_path):
     assert main(["atlas", "--out", str(out), "--height", "300"]) == 0
     text = out.read_text()
     assert text.lstrip().startswith("<svg") or "<svg" in text[:500]
+
+
+def test_report_writes_a_sessions_report(tmp_path, capsys):
+    from tpmap.store import Store
+
+    url = f"sqlite:///{tmp_path / 'clinic.db'}"
+    with Store(url) as store:
+        patient = store.create_patient({"code": "P-0077"}, "t")
+        episode = store.create_episode(
+            patient.id,
+            {
+                "condition": "lateral_knee_pain",
+                "affected_side": "right",
+                "start_date": "2026-01-02",
+            },
+            "t",
+        )
+        session = store.create_session(episode.id, {"date": "2026-01-03", "clinician": "AB"}, "t")
+    out = tmp_path / "report.html"
+    assert main(["report", "--db", url, "--session", str(session.id), "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    page = out.read_text()
+    assert "P-0077" in page and "Lateral knee pain / ITB syndrome" in page
+    assert main(["report", "--db", url, "--session", "999", "--out", str(out)]) == 1
+    assert "no session with id 999" in capsys.readouterr().err
+    assert main(["report", "--db", url, "--session", "1", "--out", str(tmp_path / "r.doc")]) == 1
+    assert ".html or .pdf" in capsys.readouterr().err
+    if shutil.which("chromium"):
+        pdf = tmp_path / "report.pdf"
+        args = ["report", "--db", url, "--session", str(session.id), "--out", str(pdf)]
+        assert main(args) == 0
+        assert pdf.read_bytes()[:5] == b"%PDF-"

@@ -148,3 +148,24 @@ def test_html_and_pdf_files(store, session, tmp_path):
         pytest.skip("PDF needs Debian's chromium")
     pdf = write_report(store, session.id, tmp_path / "report.pdf", atlas=ATLAS)
     assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_the_page_sends_the_open_sessions_report(store, session, clinician):
+    import base64
+
+    from bokeh.document import Document
+
+    from tpmap.apps.annotate import make_document
+
+    page = make_document(Document(), store=store, atlas=ATLAS, user=clinician)
+    page.report.make()  # no session open: says so, sends nothing
+    assert page.status.is_error and page.download.data["b64"] == []
+    episode = store.get_episode(session.episode_id)
+    page.pickers.patient_select.value = str(episode.patient_id)
+    page.report.make()
+    (name,) = page.download.data["filename"]
+    assert name == "tpmap-session-2026-02-03-P-0042.html"
+    html = base64.b64decode(page.download.data["b64"][0]).decode()
+    assert "Dry needling session report" in html and "Vastus medialis obliquus" in html
+    assert "by tester" in html  # the signed-in clinician asked for it
+    assert "Report saved as" in page.status.text

@@ -321,6 +321,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from tpmap.report import ReportError, write_report
+    from tpmap.store import NotFoundError
+
+    try:
+        store = _open(args)
+        out = write_report(store, args.session, args.out, user=_cli_user())
+    except NotFoundError:
+        return _fail(f"no session with id {args.session}")
+    except (ReportError, ValueError) as exc:
+        return _fail(exc)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_atlas(args: argparse.Namespace) -> int:
     if args.build:
         from tpmap._atlas_build import write_atlas
@@ -550,6 +565,22 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, help="only the newest N entries")
     audit.add_argument("--csv", action="store_true", help="CSV on standard output")
     audit.set_defaults(func=cmd_audit)
+
+    report = sub.add_parser(
+        "report",
+        help="write a session report for the patient's chart (.html or .pdf)",
+        description=(
+            "A one- or two-page document of one session: patient code, episode, date and "
+            "clinician; the diagram with the needled points numbered; every detail of each "
+            "point (STRICTA); NPRS, pressure pain thresholds and adverse events. HTML always; "
+            "PDF through Debian's Chromium."
+        ),
+    )
+    report.add_argument("--session", type=int, required=True, help="the session's id")
+    report.add_argument("--out", type=Path, required=True, help="output file: .html or .pdf")
+    report.add_argument("--db", help=DB_HELP)
+    report.add_argument("--secret-file", help=SECRET_HELP)
+    report.set_defaults(func=cmd_report)
 
     atlas = sub.add_parser(
         "atlas",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import html
 
 from bokeh.document import Document
-from bokeh.models import CustomJS, Div
+from bokeh.models import ColumnDataSource, CustomJS, Div
 
-__all__ = ["signed_in_bar", "tag_widgets", "watch_connection"]
+__all__ = ["Download", "signed_in_bar", "tag_widgets", "watch_connection"]
 
 
 def tag_widgets(doc: Document) -> None:
@@ -62,3 +63,43 @@ document.body.appendChild(bar);
 def watch_connection(doc: Document) -> None:
     """Show a banner over the page when its connection to the server is lost."""
     doc.js_on_event("connection_lost", CustomJS(code=_LOST_JS))
+
+
+# Python fills the source; the browser turns it into a file the user saves.
+_DOWNLOAD_JS = """
+const d = source.data;
+const col = k => (d instanceof Map ? d.get(k) : d[k]) ?? [];
+if (col("b64").length === 0) { return; }
+const bytes = Uint8Array.from(atob(col("b64")[0]), c => c.charCodeAt(0));
+const blob = new Blob([bytes], {type: col("mime")[0]});
+const a = document.createElement("a");
+a.href = URL.createObjectURL(blob);
+a.download = col("filename")[0];
+document.body.appendChild(a);
+a.click();
+setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+"""
+
+
+class Download:
+    """Send a file from the server to the browser, which saves it (one per page).
+
+    Add :attr:`source` to the document as a root (it is not drawn), then :meth:`send`.
+    """
+
+    def __init__(self, name: str = "download") -> None:
+        self.source = ColumnDataSource({"filename": [], "b64": [], "mime": []}, name=name)
+        self.source.js_on_change("data", CustomJS(args={"source": self.source}, code=_DOWNLOAD_JS))
+
+    @property
+    def data(self) -> dict[str, list[str]]:
+        """What was sent last (for tests)."""
+        return dict(self.source.data)
+
+    def send(self, filename: str, payload: bytes, mime: str) -> None:
+        """Have the browser save ``payload`` as ``filename``."""
+        self.source.data = {
+            "filename": [filename],
+            "b64": [base64.b64encode(payload).decode("ascii")],
+            "mime": [mime],
+        }

@@ -13,7 +13,6 @@ the browser sends, the page uses ``policy.k(value)``, never less than the server
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import html
 import io
@@ -47,7 +46,7 @@ from bokeh.models import (
 )
 
 from tpmap import model, research
-from tpmap.apps import signed_in_bar, tag_widgets, watch_connection
+from tpmap.apps import Download, signed_in_bar, tag_widgets, watch_connection
 from tpmap.atlas import Atlas, load_atlas
 from tpmap.plotting import (
     VIEW_TITLES,
@@ -89,19 +88,6 @@ SIGMA = 1.5  # cm, Gaussian smoothing of the smoothed maps
 RADIUS = 1.5  # cm, "patients with a mark within"
 
 # A download: Python fills this source, the browser turns it into a file.
-_DOWNLOAD_JS = """
-const d = source.data;
-const col = k => (d instanceof Map ? d.get(k) : d[k]) ?? [];
-if (col("b64").length === 0) { return; }
-const bytes = Uint8Array.from(atob(col("b64")[0]), c => c.charCodeAt(0));
-const blob = new Blob([bytes], {type: col("mime")[0]});
-const a = document.createElement("a");
-a.href = URL.createObjectURL(blob);
-a.download = col("filename")[0];
-document.body.appendChild(a);
-a.click();
-setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
-"""
 # The figure as PNG straight from the browser's canvas (what the researcher sees).
 _PNG_JS = """
 const view = [...Bokeh.index.all_views()].find(v => v.model.name === "explore-figure");
@@ -375,10 +361,7 @@ class ExplorePage:
             index_position=None,
             name="table",
         )
-        self.download = ColumnDataSource({"filename": [], "b64": [], "mime": []}, name="download")
-        self.download.js_on_change(
-            "data", CustomJS(args={"source": self.download}, code=_DOWNLOAD_JS)
-        )
+        self.download = Download()
         csv_table = Button(label="Table (CSV)", name="download-table", width=120)
         parquet = Button(label="Marks (Parquet)", name="download-parquet", width=120)
         csv_marks = Button(label="Marks (CSV)", name="download-marks", width=120)
@@ -450,7 +433,7 @@ class ExplorePage:
         )
         self.doc.title = "tpmap: explore"
         self.doc.add_root(row(controls, self.main, name="explore-page"))
-        self.doc.add_root(self.download)  # not drawn, but it must reach the browser
+        self.doc.add_root(self.download.source)  # not drawn, but it must reach the browser
         tag_widgets(self.doc)
         watch_connection(self.doc)
 
@@ -861,11 +844,7 @@ class ExplorePage:
 
     # ------------------------------------------------------------------ downloads
     def _send(self, filename: str, payload: bytes, mime: str) -> None:
-        self.download.data = {
-            "filename": [filename],
-            "b64": [base64.b64encode(payload).decode("ascii")],
-            "mime": [mime],
-        }
+        self.download.send(filename, payload, mime)
 
     def _record_export(self, record: dict[str, Any]) -> None:
         """Record an export (filters, k, rows, kind, columns) in the audit trail.

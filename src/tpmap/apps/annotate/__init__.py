@@ -36,7 +36,7 @@ from bokeh.document import Document
 from bokeh.layouts import column, row
 from bokeh.models import ColumnDataSource, CustomJS, TabPanel, Tabs
 
-from tpmap.apps import signed_in_bar, tag_widgets, watch_connection
+from tpmap.apps import Download, signed_in_bar, tag_widgets, watch_connection
 from tpmap.apps.annotate._a11y import accessible_tabs, numeric_keyboards
 from tpmap.apps.annotate._context import Context
 from tpmap.apps.annotate._diagram import Diagram
@@ -46,6 +46,7 @@ from tpmap.apps.annotate._marks_table import MarksTable
 from tpmap.apps.annotate._outcomes import OutcomesPanel
 from tpmap.apps.annotate._pickers import Pickers
 from tpmap.apps.annotate._progress import ProgressView
+from tpmap.apps.annotate._report import ReportButton
 from tpmap.apps.annotate._runner import Runner
 from tpmap.apps.annotate._session_panel import SessionPanel
 from tpmap.apps.annotate._state import SessionState
@@ -82,7 +83,11 @@ class AnnotatePage:
         self.diagram = Diagram(self.ctx, height=plan.figure_height)
         self.plan = self._plan(*DEFAULT_VIEWPORT)
         self.mark_form = MarkForm(self.ctx, width=self.plan.panel_width)
-        self.session_panel = SessionPanel(self.ctx, width=_PANEL_FIELDS_WIDTH)
+        self.download = Download()
+        self.report = ReportButton(self.ctx, self.download)
+        self.session_panel = SessionPanel(
+            self.ctx, width=_PANEL_FIELDS_WIDTH, top=[self.report.layout]
+        )
         self.marks_table = MarksTable(
             self.ctx, width=self.plan.panel_width, height=self.plan.table_height
         )
@@ -130,6 +135,7 @@ class AnnotatePage:
             {"width": [DEFAULT_VIEWPORT[0]], "height": [DEFAULT_VIEWPORT[1]]}, name="viewport"
         )
         doc.add_root(self.viewport)
+        doc.add_root(self.download.source)  # not drawn: it carries files to the browser
         doc.js_on_event(
             "document_ready", CustomJS(args={"source": self.viewport}, code=REPORT_VIEWPORT_JS)
         )

@@ -127,7 +127,7 @@ class _Entry:
 class SessionPanel:
     """NPRS before and after, pressure pain thresholds and adverse events of the session."""
 
-    def __init__(self, ctx: Context, *, width: int) -> None:
+    def __init__(self, ctx: Context, *, width: int, top: list[Any] | None = None) -> None:
         self.ctx = ctx
         store = ctx.store
         specs = model.SESSION_FIELD_SPECS
@@ -181,6 +181,7 @@ class SessionPanel:
         )
         self.aes.fields["note"].widget.title = "What happened (needed for Other)"
         self.layout = column(
+            *(top or []),
             row(*(f.layout for f in self.nprs.values()), spacing=8),
             Div(text="<b>Pressure pain thresholds</b>"),
             self.ppts.layout,
