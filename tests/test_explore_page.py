@@ -262,3 +262,23 @@ def test_pages_share_one_data_set_loaded_off_the_page(demo_url, tmp_path):
         assert first.shared.data is second.shared.data
     finally:
         shared.close()
+
+
+def test_a_kind_of_structure_filters_the_marks_and_keeps_the_denominator(page, dataset):
+    n = page.result.table["n_cohort"].iloc[0]
+    page.view.value = "lateral_right"
+    page.kinds.value = ["fascia"]  # the iliotibial band
+    page.settle()
+    table = page.result.table
+    shown = table.loc[table["n_patients"].notna() & (table["n_patients"] > 0), "muscle"]
+    assert set(shown) <= {"iliotibial_band"}
+    assert (table["n_cohort"] == n).all()  # a mark filter: the denominator stays
+
+
+def test_the_structures_layer_and_a_forged_layer(page):
+    page.layer.value = "structures"
+    page.settle()
+    assert page.result.request.layer == "structures"
+    page.layer.value = "<script>"  # not a layer: the superficial one is drawn
+    page.settle()
+    assert page.result.request.layer == "superficial"

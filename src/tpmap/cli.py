@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tpmap.auth import ROLES
-from tpmap.model import CONDITIONS, SEXES, TECHNIQUES, VIEWS
+from tpmap.model import CONDITIONS, KINDS, LAYERS, SEXES, TECHNIQUES, VIEWS
 
 __all__ = ["main"]
 
@@ -381,6 +381,7 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
             conditions=args.condition or None,
             sexes=args.sex or None,
             techniques=args.technique or None,
+            muscles=atlas.ids_of_kind(*args.kind) if args.kind else None,
             date_from=args.date_from,
             date_to=args.date_to,
         )
@@ -612,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     heat.add_argument("--db", help=DB_HELP)
     heat.add_argument("--view", default="posterior", choices=VIEWS, help="diagram view")
-    heat.add_argument("--layer", default="superficial", choices=("superficial", "deep"))
+    heat.add_argument("--layer", default="superficial", choices=LAYERS, help="diagram layer")
     heat.add_argument(
         "--mode",
         default="density",
@@ -629,6 +630,13 @@ def build_parser() -> argparse.ArgumentParser:
     heat.add_argument("--condition", action="append", choices=CONDITIONS, help="repeat for several")
     heat.add_argument("--sex", action="append", choices=SEXES)
     heat.add_argument("--technique", action="append", choices=TECHNIQUES)
+    heat.add_argument(
+        "--kind",
+        action="append",
+        choices=KINDS,
+        help="only marks on structures of this kind (muscle, ligament, tendon, periosteum, "
+        "fascia); repeat for several",
+    )
     heat.add_argument("--from", dest="date_from", help="first month (YYYY-MM-DD; whole months)")
     heat.add_argument("--to", dest="date_to", help="last month (YYYY-MM-DD; whole months)")
     heat.add_argument(

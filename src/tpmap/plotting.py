@@ -34,7 +34,7 @@ from shapely.geometry import box
 from shapely.ops import polylabel
 
 from tpmap.atlas import Atlas, Region
-from tpmap.model import KIND_LABELS
+from tpmap.model import KIND_LABELS, VIEW_LABELS
 
 __all__ = [
     "KNEE_CLOSE_UPS",
@@ -57,12 +57,8 @@ __all__ = [
     "update_muscle_map",
 ]
 
-VIEW_TITLES = {
-    "anterior": "Anterior",
-    "posterior": "Posterior",
-    "lateral_left": "Lateral (left)",
-    "lateral_right": "Lateral (right)",
-}
+#: The views' titles (the vocabulary's own labels).
+VIEW_TITLES: dict[str, str] = VIEW_LABELS
 
 SKIN = "#f4e4d4"
 BONE = "#efe9dc"
@@ -463,7 +459,7 @@ def muscle_map(
         One row per ``muscle`` and ``side`` (as from :func:`tpmap.research.muscle_table` or
         :func:`tpmap.research.compare_groups`); ``value`` names the column to colour by.
         Muscles missing from the table (suppressed or never marked) are drawn grey.
-    layer : {"superficial", "deep"}
+    layer : {"superficial", "deep", "structures"}
     diverging : bool
         Use a blue-white-red scale centred on zero (for group differences).
     colour_title : str, optional

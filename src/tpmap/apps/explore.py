@@ -280,7 +280,13 @@ class ExplorePage:
             options=[(v, VIEW_TITLES[v]) for v in self.atlas.views],
             name="view",
         )
-        self.layer = RadioButtonGroup(labels=["Superficial", "Deep"], active=0, name="layer")
+        self.layer = Select(
+            title="Layer",
+            value=model.Layer.SUPERFICIAL.value,
+            options=[(layer, model.LAYER_LABELS[layer]) for layer in model.LAYERS],
+            name="layer",
+            width=130,
+        )
         self.mode = RadioButtonGroup(labels=MODE_LABELS, active=0, name="mode")
         self.weighting = Select(
             title="Density weighting",
@@ -304,6 +310,7 @@ class ExplorePage:
             "Technique", "techniques", model.TECHNIQUES, model.TECHNIQUE_LABELS
         )
         self.ltr = choice("Local twitch response", "ltr", model.LTR_GRADES)
+        self.kinds = choice("Kind of structure", "kinds", model.KINDS, model.KIND_LABELS)
         self.sexes = choice("Sex", "sexes", model.SEXES)
         self.age_bands = choice("Age band", "age-bands", [b for b, _, _ in research.AGE_BANDS])
         self.instrument = Select(title="Responder by", value="", options=[], name="instrument")
@@ -389,17 +396,19 @@ class ExplorePage:
             self.clinicians,
             self.techniques,
             self.ltr,
+            self.kinds,
             self.sexes,
             self.age_bands,
         ):
             w.on_change("value", lambda _a, _o, _n: self.update())
-        for w in (self.layer, self.mode, self.fold, self.compare):
+        for w in (self.mode, self.fold, self.compare):
             w.on_change("active", lambda _a, _o, _n: self.update())
+        self.layer.on_change("value", lambda _a, _o, _n: self.update())
         self.group_by.on_change("value", lambda _a, _o, _n: self._group_options(reset=True))
         self.k.on_change("value", self._on_k)
 
         controls = column(
-            row(self.view, column(Div(text="Layer"), self.layer)),
+            row(self.view, self.layer),
             self.mode,
             self.weighting,
             self.conditions,
@@ -407,6 +416,7 @@ class ExplorePage:
             self.clinicians,
             self.techniques,
             self.ltr,
+            self.kinds,
             self.sexes,
             self.age_bands,
             row(self.instrument, self.threshold),
@@ -491,6 +501,9 @@ class ExplorePage:
             clinicians=chosen(self.clinicians),
             techniques=chosen(self.techniques),
             ltr_grades=chosen(self.ltr),
+            # A kind of structure (muscle, ligament, tendon, periosteum, fascia) is the set
+            # of atlas regions of that kind: a mark-level filter like any other muscle set.
+            muscles=self.atlas.ids_of_kind(*kinds) if (kinds := chosen(self.kinds)) else None,
             responder=[self.responder.value] if self.responder.value else None,
             date_from=date_from,
             date_to=date_to,
@@ -503,7 +516,8 @@ class ExplorePage:
             rule = research.ResponderRule(self.instrument.value, threshold=self.threshold.value)
         return Request(
             view=self.view.value,
-            layer="deep" if self.layer.active == 1 else "superficial",
+            # A layer the page does not know (a forged value) is the superficial one.
+            layer=self.layer.value if self.layer.value in model.LAYERS else "superficial",
             mode=MODES[self.mode.active],
             weighting=self.weighting.value,
             filters=self.filters(),
