@@ -47,22 +47,9 @@ __all__ = [
     "write_report",
 ]
 
-#: The details of a needled point the report lists, in STRICTA order (every mark field a
-#: clinician records; the stimulation settings apply to electrical techniques only).
-REPORT_FIELDS: tuple[str, ...] = (
-    "technique",
-    "insertions",
-    "ltr_grade",
-    "ltr_count",
-    "depth_mm",
-    "needle_length_mm",
-    "needle_gauge_mm",
-    "retention_min",
-    *model.ESTIM_FIELDS,
-    "tp_status",
-    "referral_reproduced",
-    "note",
-)
+#: The details of a needled point the report lists: every detail a clinician records, in
+#: the form's (STRICTA) order; the stimulation settings apply to electrical techniques only.
+REPORT_FIELDS: tuple[str, ...] = model.MARK_DETAIL_FIELDS
 
 
 class ReportError(RuntimeError):

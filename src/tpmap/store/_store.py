@@ -90,6 +90,11 @@ _adverse: Table = AdverseEventRow.__table__  # type: ignore[assignment]
 _outcomes: Table = OutcomeMeasureRow.__table__  # type: ignore[assignment]
 _outcome_changes: Table = OutcomeChangeRow.__table__  # type: ignore[assignment]
 _OUTCOME_FIELDS: tuple[str, ...] = ("instrument", "score", "date")
+# The change logs undo walks: their table, the record's column and the parent's column.
+_CHANGE_LOGS: dict[str, tuple[Table, str, str]] = {
+    "mark": (_changes, "mark_id", "session_id"),
+    "outcome": (_outcome_changes, "outcome_id", "episode_id"),
+}
 # Runs inside a reading's transaction after it changed: (connection, row, who).
 _AfterChange = Callable[[Connection, RowMapping, str], None]
 _clinics: Table = ClinicRow.__table__  # type: ignore[assignment]
@@ -694,18 +699,22 @@ class Store(AccountsMixin):
     def _log(
         self,
         conn: Connection,
-        mark: Mapping[str, Any],
+        record: Mapping[str, Any],
         action: str,
         before: Mapping[str, Any] | None,
         after: Mapping[str, Any] | None,
         who: str,
-        owner: tuple[int, int],
+        owner: tuple[int, int] | None,
         undo_of: int | None = None,
+        *,
+        kind: str = "mark",
     ) -> None:
+        """Append to the change log that undo walks (marks, outcome scores); with ``owner``
+        also to the audit trail (an undo is recorded there as ``undo``)."""
+        table, record_column, parent_column = _CHANGE_LOGS[kind]
         conn.execute(
-            insert(_changes).values(
-                mark_id=mark["id"],
-                session_id=mark["session_id"],
+            insert(table).values(
+                **{record_column: record["id"], parent_column: record[parent_column]},
                 action=action,
                 before=_json(before),
                 after=_json(after),
@@ -714,17 +723,18 @@ class Store(AccountsMixin):
                 undo_of=undo_of,
             )
         )
-        self._audit(
-            conn,
-            who,
-            action if undo_of is None else "undo",
-            "mark",
-            entity_id=mark["id"],
-            patient_id=owner[0],
-            clinic_id=owner[1],
-            before=before,
-            after=after,
-        )
+        if owner is not None:
+            self._audit(
+                conn,
+                who,
+                action if undo_of is None else "undo",
+                kind,
+                entity_id=record["id"],
+                patient_id=owner[0],
+                clinic_id=owner[1],
+                before=before,
+                after=after,
+            )
 
     def add_mark(
         self, session_id: int, mark: model.MarkInput | Mapping[str, Any], user: str | Principal
@@ -1183,7 +1193,8 @@ class Store(AccountsMixin):
         values = _fields(outcome, model.validate_outcome_fields)
 
         def log(conn: Connection, row: RowMapping, who: str) -> None:
-            self._log_outcome(conn, row, "create", None, values, who)
+            # Audited by _add_child: the change log only.
+            self._log(conn, row, "create", None, values, who, None, kind="outcome")
 
         row = self._add_child("episode", episode_id, "outcome", values, user, then=log)
         return record_from_row(Outcome, row)
@@ -1200,29 +1211,6 @@ class Store(AccountsMixin):
             "episode", episode_id, "outcome", scope, include_deleted, order=("date", "id")
         )
         return [record_from_row(Outcome, r) for r in rows]
-
-    def _log_outcome(
-        self,
-        conn: Connection,
-        outcome: Mapping[str, Any],
-        action: str,
-        before: Mapping[str, Any] | None,
-        after: Mapping[str, Any] | None,
-        who: str,
-        undo_of: int | None = None,
-    ) -> None:
-        conn.execute(
-            insert(_outcome_changes).values(
-                outcome_id=outcome["id"],
-                episode_id=outcome["episode_id"],
-                action=action,
-                before=_json(before),
-                after=_json(after),
-                at=utcnow(),
-                user=who,
-                undo_of=undo_of,
-            )
-        )
 
     def _change_outcome(
         self,
@@ -1243,19 +1231,7 @@ class Store(AccountsMixin):
             return False
         conn.execute(update(_outcomes).where(_outcomes.c.id == current["id"]).values(**changed))
         before = {k: current[k] for k in changed}
-        pid, cid = owner
-        self._audit(
-            conn,
-            who,
-            "update",
-            "outcome",
-            entity_id=current["id"],
-            patient_id=pid,
-            clinic_id=cid,
-            before=before,
-            after=changed,
-        )
-        self._log_outcome(conn, current, "update", before, changed, who, undo_of)
+        self._log(conn, current, "update", before, changed, who, owner, undo_of, kind="outcome")
         return True
 
     def update_outcome(
@@ -1278,7 +1254,7 @@ class Store(AccountsMixin):
         """Remove an outcome score entered by mistake (soft deletion; undoable)."""
 
         def log(conn: Connection, row: RowMapping, who: str) -> None:
-            self._log_outcome(conn, row, "delete", None, None, who)
+            self._log(conn, row, "delete", None, None, who, None, kind="outcome")
 
         row = self._set_child_deleted("outcome", outcome_id, True, user, then=log)
         return record_from_row(Outcome, row)
@@ -1287,7 +1263,7 @@ class Store(AccountsMixin):
         """Bring back a deleted outcome score."""
 
         def log(conn: Connection, row: RowMapping, who: str) -> None:
-            self._log_outcome(conn, row, "restore", None, None, who)
+            self._log(conn, row, "restore", None, None, who, None, kind="outcome")
 
         row = self._set_child_deleted("outcome", outcome_id, False, user, then=log)
         return record_from_row(Outcome, row)
@@ -1334,25 +1310,16 @@ class Store(AccountsMixin):
                     else {"deleted_at": None, "deleted_by": None}
                 )
                 conn.execute(update(_outcomes).where(_outcomes.c.id == ident).values(**values))
-                self._audit(
-                    conn,
-                    who,
-                    "delete" if deleted else "restore",
-                    "outcome",
-                    entity_id=ident,
-                    patient_id=owner[0],
-                    clinic_id=owner[1],
-                    before={"deleted_at": current["deleted_at"]},
-                    after={"deleted_at": values["deleted_at"]},
-                )
-                self._log_outcome(
+                self._log(
                     conn,
                     current,
                     "delete" if deleted else "restore",
-                    None,
-                    None,
+                    {"deleted_at": current["deleted_at"]},
+                    {"deleted_at": values["deleted_at"]},
                     who,
+                    owner,
                     undo_of=change["id"],
+                    kind="outcome",
                 )
                 verb = {"create": "adding", "restore": "restoring", "delete": "removing"}[action]
             else:
@@ -1361,7 +1328,9 @@ class Store(AccountsMixin):
                     conn, current, before, who, owner, undo_of=change["id"]
                 ):
                     # Nothing to put back any more; record the undo so the walk moves on.
-                    self._log_outcome(conn, current, "update", {}, {}, who, undo_of=change["id"])
+                    self._log(
+                        conn, current, "update", {}, {}, who, None, change["id"], kind="outcome"
+                    )
                 verb = "correcting"
             spec = model.OUTCOME_INSTRUMENTS[current["instrument"]]
             text = f"Undid {verb} the {spec.label} score of {current['date']:%d %b %Y}"
