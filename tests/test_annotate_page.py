@@ -663,3 +663,29 @@ def test_a_disabled_account_can_no_longer_record(page, store):
     tap(page, "anterior", "vmo", "right")
     assert store.session_marks(page.session.id) == []
     assert page.status.is_error and "Sign in again" in page.status.text
+
+
+# -- hostile document events ----------------------------------------------------------------------
+
+
+def test_a_patch_naming_a_model_or_attribute_that_does_not_exist_changes_nothing(page, store):
+    """What a forged websocket message would carry: it is refused before any callback runs."""
+    tap(page, "anterior", "vmo", "right")
+    (m,) = stored(store, page)
+    depth = page.mark_form.fields["depth_mm"].widget
+    forged = [
+        {"kind": "ModelChanged", "model": {"id": "p_not_here"}, "attr": "value", "new": "999"},
+        {"kind": "ModelChanged", "model": {"id": depth.id}, "attr": "no_such_attr", "new": 1},
+        {"kind": "ModelChanged", "model": {"id": depth.id}, "attr": "value", "new": {"x": 1}},
+    ]
+    refused = 0
+    for event in forged:
+        # Bokeh refuses an unknown model or a value of the wrong type, and ignores (with a
+        # warning in the log) an attribute the model does not have.
+        try:
+            page.doc.apply_json_patch({"events": [event]})
+        except Exception:
+            refused += 1
+    assert refused == 2
+    assert store.get_mark(m.id) == m
+    assert not page.mark_form.fields["depth_mm"].invalid
