@@ -39,6 +39,11 @@ def _score_title(instrument: str | None) -> str:
     return f"Score ({spec.minimum:g}–{spec.maximum:g}{unit})"
 
 
+def _beside_button(width: int) -> int:
+    """The width of a field that shares its row with a 110 px field or button."""
+    return max(120, width - 20 - 110 - 8)
+
+
 class OutcomesPanel:
     """Add, correct, remove and undo an episode's outcome scores; list them over time."""
 
@@ -49,11 +54,11 @@ class OutcomesPanel:
             "instrument": FieldInput(
                 specs["instrument"],
                 name="outcome-instrument",
-                width=(width - 28) // 2,
+                width=_beside_button(width),
                 options=specs["instrument"].options(),
             ),
             "score": FieldInput(specs["score"], name="outcome-score", width=110),
-            "date": FieldInput(specs["date"], name="outcome-date", width=(width - 28) // 2 - 120),
+            "date": FieldInput(specs["date"], name="outcome-date", width=_beside_button(width)),
         }
         self.fields["date"].widget.title = "Date"
         self.fields["date"].set(dt.date.today())
@@ -111,9 +116,20 @@ class OutcomesPanel:
         self.source.selected.on_change("indices", self._chosen)
 
     def resize(self, width: int, height: int) -> None:
-        """Fit the panel's list to the panel."""
-        if self.table.width != width - 20:
-            self.table.width = width - 20
+        """Fit the fields, the buttons and the list into a panel ``width`` pixels wide."""
+        beside = _beside_button(width)
+        sizes = [
+            (self.fields["instrument"].widget, beside),
+            (self.fields["instrument"].message, beside),
+            (self.fields["date"].widget, beside),
+            (self.fields["date"].message, beside),
+            (self.title, width - 20),
+            (self.table, width - 20),
+            (self.layout, width),
+        ]
+        for widget, w in sizes:
+            if widget.width != w:
+                widget.width = w
         if self.table.height != height:
             self.table.height = height
 

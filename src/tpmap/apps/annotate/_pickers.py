@@ -356,8 +356,9 @@ class Pickers:
             ]
             state.open_session(session, marks, earlier)
             self._on_session(session, ppts, aes)
+            n = len(marks)
             ctx.status.say(
-                f"Session of {session.date:%d %b %Y}: {len(marks)} marks. "
+                f"Session of {session.date:%d %b %Y}: {n} mark{'' if n == 1 else 's'}. "
                 "Tap each muscle you needled."
             )
 
