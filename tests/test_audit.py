@@ -284,7 +284,7 @@ def test_a_0002_database_migrates_with_its_patients_in_a_default_clinic(store_ur
         engine.dispose()
 
     with Store(store_url) as st:
-        assert current_revision(st.engine) == head_revision() == "0005"
+        assert current_revision(st.engine) == head_revision()
         (clinic,) = st.list_clinics()
         assert clinic.name == "Default clinic"
         patients = st.find_patients("OLD-")

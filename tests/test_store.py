@@ -99,7 +99,7 @@ def test_reopening_is_idempotent_and_keeps_data(store_url: str) -> None:
     with open_store(store_url) as first:
         first.create_patient({"code": "P-1"}, USER)
     with open_store(store_url) as second, open_store(store_url) as third:
-        assert current_revision(second.engine) == head_revision() == "0005"
+        assert current_revision(second.engine) == head_revision()
         assert [p.code for p in third.find_patients("")] == ["P-1"]
 
 
@@ -231,6 +231,38 @@ def test_a_downgrade_below_0004_is_refused_while_structures_marks_exist(
             downgrade(engine, "0002")
         assert current_revision(engine) == head_revision()
         assert len(_rows(engine, MARKS)) == 2
+    finally:
+        engine.dispose()
+
+
+def test_codes_become_unique_per_clinic_on_upgrade_and_a_shared_code_blocks_downgrade(
+    store_url: str,
+) -> None:
+    with Store(store_url) as st:
+        north = st.add_clinic("North", user=USER).id
+        south = st.add_clinic("South", user=USER).id
+        st.create_patient({"code": "P-001"}, USER, clinic_id=north)
+    engine = make_engine(store_url).execution_options(tpmap_write=True)
+    try:
+        downgrade(engine, "0005")  # as the previous version: one code in the whole server
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(
+                insert(PatientRow).values(
+                    code="P-001", clinic_id=south, sex="unknown", created_at=utcnow()
+                )
+            )
+    finally:
+        engine.dispose()
+    with Store(store_url) as upgraded:
+        assert current_revision(upgraded.engine) == head_revision()
+        assert [p.code for p in upgraded.find_patients("")] == ["P-001"]
+        shared = upgraded.create_patient({"code": "P-001"}, USER, clinic_id=south)
+        assert shared.clinic_id == south
+    engine = make_engine(store_url).execution_options(tpmap_write=True)
+    try:
+        with pytest.raises(RuntimeError, match="1 patient codes are used in more than one"):
+            downgrade(engine, "0005")
+        assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
 

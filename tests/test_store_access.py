@@ -216,6 +216,26 @@ def test_new_patients_go_into_the_clinicians_clinic_only(two: TwoClinics) -> Non
     ]
 
 
+def test_each_clinic_numbers_its_own_patients(two: TwoClinics) -> None:
+    # Clinics number patients alike: South may use North's code, and is not told it exists.
+    anna, ben = two.store.scoped(two.anna), two.store.scoped(two.ben)
+    made = ben.create_patient({"code": "P-NORTH"})
+    assert made.clinic_id == two.store.get_patient(two.south.patient).clinic_id
+    assert anna.patient_by_code("p-north").id == two.north.patient  # type: ignore[union-attr]
+    assert ben.patient_by_code("p-north").id == made.id  # type: ignore[union-attr]
+    assert [p.code for p in anna.find_patients("NORTH")] == ["P-NORTH"]
+    assert [p.id for p in ben.find_patients("NORTH")] == [made.id]
+    # Within a clinic a code is still taken, whatever its case.
+    with pytest.raises(ValidationError, match="P-NORTH is already in use"):
+        ben.create_patient({"code": "p-north"})
+    # Unscoped, the code names no single patient: refused, not a guess.
+    with pytest.raises(ValidationError, match="more than one clinic"):
+        two.store.patient_by_code("P-NORTH")
+    # The audit trail by code finds both patients (an admin's view of every clinic).
+    created = two.store.audit_entries(patient="P-NORTH", action="create")
+    assert {e.entity_id for e in created if e.entity == "patient"} == {two.north.patient, made.id}
+
+
 def test_changes_are_recorded_under_the_principals_name(two: TwoClinics) -> None:
     anna = two.store.scoped(two.anna)
     mark = anna.add_mark(two.north.session, MARK)

@@ -573,14 +573,13 @@ class AccountsMixin:
         with self._read() as conn:
             if patient is not None:
                 if isinstance(patient, int):
-                    patient_id: int | None = patient
+                    stmt = stmt.where(_audit_log.c.patient_id == patient)
                 else:
-                    patient_id = conn.execute(
-                        select(_patients.c.id).where(
-                            func.lower(_patients.c.code) == str(patient).strip().lower()
-                        )
-                    ).scalar()
-                stmt = stmt.where(_audit_log.c.patient_id == (patient_id or -1))
+                    # A code names one patient per clinic: the trail of each of them.
+                    ids = select(_patients.c.id).where(
+                        func.lower(_patients.c.code) == str(patient).strip().lower()
+                    )
+                    stmt = stmt.where(_audit_log.c.patient_id.in_(ids))
             if limit is not None:
                 # The newest ``limit`` entries, still oldest first.
                 sub = stmt.order_by(None).order_by(_audit_log.c.seq.desc()).limit(limit).subquery()

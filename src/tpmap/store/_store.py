@@ -460,7 +460,7 @@ class Store(AccountsMixin):
         *,
         clinic_id: int | None = None,
     ) -> Patient:
-        """Create a patient in a clinic; the code must be new (compared case-insensitively).
+        """Create a patient in a clinic; the code must be new there (compared case-insensitively).
 
         Without ``clinic_id``: the principal's only clinic, or (unscoped) the first clinic.
         """
@@ -470,9 +470,12 @@ class Store(AccountsMixin):
             with self._write() as conn:
                 actor = self._actor(conn, user)
                 clinic = self._default_clinic(conn, actor, clinic_id)
+                # Within the clinic only: another clinic's codes are neither an obstacle
+                # nor something this clinic may learn about.
                 taken = conn.execute(
                     select(_patients.c.code).where(
-                        func.lower(_patients.c.code) == values["code"].lower()
+                        _patients.c.clinic_id == clinic,
+                        func.lower(_patients.c.code) == values["code"].lower(),
                     )
                 ).scalar()
                 if taken is not None:
@@ -511,7 +514,11 @@ class Store(AccountsMixin):
             return record_from_row(Patient, self._require(conn, _patients, patient_id, "patient"))
 
     def patient_by_code(self, code: str, *, scope: Principal | None = None) -> Patient | None:
-        """The patient with this code (case-insensitive), or None."""
+        """The patient with this code (case-insensitive), or None.
+
+        Codes are unique within a clinic; a code used by several of the clinics in view
+        (all clinics, unscoped) names no single patient and raises ``ValidationError``.
+        """
         if not isinstance(code, str):
             return None
         stmt = select(_patients).where(func.lower(_patients.c.code) == code.strip().lower())
@@ -519,8 +526,12 @@ class Store(AccountsMixin):
             actor = self._scope(conn, scope)
             if actor is not None:
                 stmt = stmt.where(_patients.c.clinic_id.in_(actor.clinics or ()))
-            row = conn.execute(stmt).mappings().first()
-        return None if row is None else record_from_row(Patient, row)
+            rows = conn.execute(stmt.limit(2)).mappings().all()
+        if len(rows) > 1:
+            raise ValidationError(
+                {"code": f"Patient code {code.strip()} is used in more than one clinic"}
+            )
+        return record_from_row(Patient, rows[0]) if rows else None
 
     def find_patients(
         self, query: str = "", limit: int = 20, *, scope: Principal | None = None

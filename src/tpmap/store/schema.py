@@ -209,10 +209,14 @@ class PatientRow(Base):
     """A patient, known only by a pseudonymous code, in one clinic."""
 
     __tablename__ = "patients"
-    __table_args__ = (_one_of("sex", model.SEXES),)
+    # A code is unique within its clinic: two clinics may number their patients alike.
+    __table_args__ = (
+        _one_of("sex", model.SEXES),
+        Index(None, "clinic_id", "code", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    code: Mapped[str] = mapped_column(String(32), unique=True, index=True)
+    code: Mapped[str] = mapped_column(String(32), index=True)
     clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"), index=True)
     sex: Mapped[str] = mapped_column(String(16), default="unknown")
     birth_year: Mapped[int | None] = mapped_column(Integer)
