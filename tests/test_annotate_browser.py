@@ -200,3 +200,49 @@ def test_outcome_scores_entered_on_the_page_show_in_the_progress_view(serve, pag
     )
     assert shown == ["progress-womac_function", "progress-kujala"]
     store.close()
+
+
+def test_a_kujala_score_from_its_item_answers_is_saved(serve, page, tmp_path):
+    url = f"sqlite:///{tmp_path / 'items.db'}"
+    store = Store(url)
+    patient = store.create_patient({"code": "P-ITEMS"}, "t")
+    episode = store.create_episode(
+        patient.id,
+        {"condition": "patellofemoral_pain", "affected_side": "right", "start_date": "2026-01-05"},
+        "t",
+    )
+    store.create_session(episode.id, {"date": "2026-01-06", "clinician": "AB"}, "t")
+    server = serve(url)
+    sign_in(page, server, next_path="/annotate")
+    wait_for_bokeh(page)
+    page.locator(".tp-patient select").select_option(label="P-ITEMS")
+    wait_status(page, "0 marks")
+    page.get_by_role("tab", name="Outcomes").click()
+    page.get_by_label("Instrument").select_option(label="Kujala")
+    page.get_by_role("button", name="Enter item answers").click()
+    answers = {
+        "1. Limp": "Slight or periodical (3)",
+        "2. Support": "Full support without pain (5)",
+        "3. Walking": "More than 2 km (3)",
+        "4. Stairs": "Slight pain when descending (8)",
+        "5. Squatting": "Painful each time (3)",
+        "6. Running": "Slight pain from start (6)",
+        "7. Jumping": "Slight difficulty (7)",
+        "8. Prolonged sitting with the knees flexed": "Pain after exercise (8)",
+        "9. Pain": "Slight and occasional (8)",
+        "10. Swelling": "After severe exertion (8)",
+        "11. Abnormal painful kneecap (patellar) movements": "None (10)",
+        "12. Atrophy of thigh": "Slight (3)",
+        "13. Flexion deficiency": "None (5)",
+    }
+    for item, label in answers.items():
+        page.get_by_label(item, exact=True).select_option(label=label)
+    score = page.locator(".tp-outcome-score input")
+    page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('outcome-score').value === '77'"
+    )
+    assert score.input_value() == "77"  # the total is where the clinician sees it
+    page.get_by_role("button", name="Add score").click()
+    wait_status(page, "Saved Kujala 77")
+    assert [(o.instrument, o.score) for o in store.list_outcomes(episode.id)] == [("kujala", 77)]
+    store.close()

@@ -174,3 +174,64 @@ def test_a_forged_row_choice_changes_nothing(panel, store):
     type_score(panel, "vas", "6.5", dt.date(2026, 1, 5))
     panel.outcomes.source.selected.indices = [5]
     assert panel.outcomes.selected is None and panel.outcomes.save_button.disabled
+
+
+# -- item answers ------------------------------------------------------------------------------
+
+
+def answer(page, points: list[float | str]) -> None:
+    for select, value in zip(page.outcomes.items.selects, points, strict=False):
+        select.value = value if isinstance(value, str) else f"{value:g}"
+
+
+def test_item_answers_give_the_total_that_add_score_saves(panel, store):
+    out = panel.outcomes
+    out.fields["instrument"].widget.value = "nprs"
+    assert not out.items.toggle.visible  # a single number: no items to answer
+    out.fields["instrument"].widget.value = "kujala"
+    assert out.items.toggle.visible
+    out.items._toggled()
+    assert len(out.items.selects) == 13 and not out.table.visible
+    answer(panel, [3, 5, 3, 8, 3, 6, 7, 8, 8, 8, 10, 3])  # the 13th not yet
+    assert "every item must be answered; missing: 13" in out.items.total.text
+    assert out.fields["score"].value in ("", None)  # no total, nothing put in the field
+    answer(panel, [3, 5, 3, 8, 3, 6, 7, 8, 8, 8, 10, 3, 5])
+    assert out.fields["score"].value == "77"
+    assert "total from 13 of 13 answers: 77" in out.items.total.text
+    out.fields["date"].widget.value = dt.date(2026, 1, 10)
+    out.add()
+    [saved] = store.list_outcomes(panel.episode.id)
+    assert (saved.instrument, saved.score) == ("kujala", 77)
+    assert not out.items.is_open and out.table.visible  # back to the list
+
+
+def test_koos_items_follow_the_half_answered_rule_and_the_typed_score_wins(panel, store):
+    out = panel.outcomes
+    out.fields["instrument"].widget.value = "koos_qol"
+    out.items._toggled()
+    answer(panel, [2, "", "", ""])
+    assert "at least 2 of its 4 items" in out.items.total.text
+    answer(panel, [2, 2, "", ""])
+    assert out.fields["score"].value == "50"
+    out.fields["score"].widget.value = "55"  # the clinician overrides: what is shown is saved
+    out.add()
+    assert [o.score for o in store.list_outcomes(panel.episode.id)] == [55]
+
+
+def test_a_forged_item_answer_gives_a_message_and_no_total(panel, store):
+    out = panel.outcomes
+    out.fields["instrument"].widget.value = "lefs"
+    out.items._toggled()
+    answer(panel, [4] * 20)
+    assert out.fields["score"].value == "80"
+    out.fields["score"].show(None)
+    out.items.selects[0].value = "<img src=x onerror=alert(1)>"  # not one of the options
+    assert "LEFS item 1" in out.items.total.text and "is not one of its answers" in (
+        out.items.total.text
+    )
+    assert out.items.total.render_as_text  # shown as text, never as markup
+    assert out.fields["score"].value in ("", None)
+    # Another instrument closes the items: their answers were only a way to the total.
+    out.fields["instrument"].widget.value = "kujala"
+    assert not out.items.is_open and out.items.toggle.visible
+    assert store.list_outcomes(panel.episode.id) == []

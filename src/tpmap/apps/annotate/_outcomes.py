@@ -3,8 +3,9 @@
 Every instrument of :data:`tpmap.model.OUTCOME_INSTRUMENTS` (WOMAC, KOOS, Kujala/AKPS,
 LEFS, NPRS, VAS) can be scored with its date (today by default). A score outside the
 instrument's range gets the instrument's own message next to the field and changes
-nothing. Corrections and removals are kept in the outcome change log: Undo walks back
-through them, as it does for marks.
+nothing. For the questionnaires the clinician may enter the item answers instead and have
+the total computed (:mod:`tpmap.apps.annotate._items`). Corrections and removals are kept
+in the outcome change log: Undo walks back through them, as it does for marks.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from bokeh.models import (
 from tpmap import model
 from tpmap.apps.annotate._context import Context
 from tpmap.apps.annotate._fields import FieldInput
+from tpmap.apps.annotate._items import ItemAnswers
 
 __all__ = ["OutcomesPanel"]
 
@@ -77,6 +79,7 @@ class OutcomesPanel:
             disabled=True,
         )  # fmt: skip
         self.undo_button = Button(label="↶ Undo", name="undo-outcome", width=80)
+        self.items = ItemAnswers(width=width, on_total=self._total, on_open=self._items_open)
         self.source = ColumnDataSource(self._data([]), name="outcomes-source")
         self.table = DataTable(
             source=self.source,
@@ -94,6 +97,7 @@ class OutcomesPanel:
         self.layout = column(
             self.title,
             row(self.fields["instrument"].layout, self.fields["score"].layout, spacing=8),
+            self.items.layout,
             row(self.fields["date"].layout, self.add_button, spacing=8),
             row(
                 self.save_button,
@@ -130,6 +134,7 @@ class OutcomesPanel:
         for widget, w in sizes:
             if widget.width != w:
                 widget.width = w
+        self.items.resize(width)
         if self.table.height != height:
             self.table.height = height
 
@@ -222,6 +227,17 @@ class OutcomesPanel:
         title = _score_title(instrument)
         if self.fields["score"].widget.title != title:
             self.fields["score"].widget.title = title
+        self.items.show_instrument(instrument)
+
+    def _total(self, total: float) -> None:
+        # The answers' total goes into the score field, where the clinician sees (and may
+        # still change) exactly what Add score will save.
+        self.fields["score"].show(total)
+
+    def _items_open(self, is_open: bool) -> None:
+        # While answering items the list of scores makes room for them.
+        if self.table.visible != (not is_open):
+            self.table.visible = not is_open
 
     # ------------------------------------------------------------------ changes
     def _values(self) -> dict[str, Any]:
@@ -265,6 +281,7 @@ class OutcomesPanel:
 
         def done(o: Any) -> None:
             self.fields["score"].show(None)
+            self.items.close()
             self._reload(f"Saved {self._label(o)}.", None)
 
         ctx.run.submit(lambda: ctx.store.add_outcome(episode_id, values), done, self._failed)
