@@ -764,6 +764,28 @@ def test_binning_in_two_threads_agrees_with_one(monkeypatch):
     np.testing.assert_array_equal(bin_counts(x, y, spec), single)
 
 
+def test_counting_precomputed_cells_agrees_with_bincount_across_chunks():
+    # More marks than one chunk, a few off the grid (index n_cells and above): counted as a
+    # plain bincount of the cells on the grid would count them, whatever the selection.
+    rng = np.random.default_rng(5)
+    n_cells = 24_000
+    cells = rng.integers(0, n_cells + 50, 200_003).astype(np.uint16)
+    positions = np.sort(rng.choice(len(cells), 90_000, replace=False))
+    mask = rng.random(len(cells)) < 0.3
+
+    def reference(picked: np.ndarray) -> np.ndarray:
+        return np.bincount(picked[picked < n_cells], minlength=n_cells)
+
+    np.testing.assert_array_equal(research.count_cells(cells, n_cells), reference(cells))
+    np.testing.assert_array_equal(
+        research.count_cells(cells, n_cells, positions), reference(cells[positions])
+    )
+    np.testing.assert_array_equal(
+        research.count_cells(cells, n_cells, mask), reference(cells[mask])
+    )
+    assert research.count_cells(cells[:0], n_cells).sum() == 0
+
+
 def near_edge(v: np.ndarray, edges: np.ndarray, tol: float = 1e-9) -> np.ndarray:
     return np.abs(v[:, None] - edges[None, :]).min(axis=1, initial=np.inf) < tol
 

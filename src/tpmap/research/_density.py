@@ -54,6 +54,7 @@ __all__ = [
     "DifferenceGrid",
     "GridSpec",
     "bin_counts",
+    "count_cells",
     "density_grid",
     "difference_grid",
     "view_cells",
@@ -312,6 +313,50 @@ def bin_counts(
 #: Words (of 64 patients) per cell in one chunk of the bitmap: 16 words x 24,000 cells is
 #: 3 MB, which stays in cache through the dozen passes of the dilation.
 _WORDS = 16
+
+
+#: Marks per chunk in :func:`count_cells`: their ``intp`` copy (512 kB) stays in cache.
+_COUNT_CHUNK = 1 << 16
+
+
+def count_cells(cells: np.ndarray, n_cells: int, selection: np.ndarray | None = None) -> np.ndarray:
+    """Marks per cell from precomputed cell indexes (:func:`view_cells`), ``(n_cells,)``.
+
+    ``np.bincount`` first copies its whole input to ``intp`` (8 bytes a mark, 80 MB at 10^7
+    marks); counting 2-byte cell indexes a cache-sized chunk at a time skips that trip
+    through memory and takes about half the time. Indexes ``>= n_cells`` (marks off the
+    grid) are not counted.
+
+    Parameters
+    ----------
+    cells
+        Flat cell index of every mark.
+    n_cells
+        Cells in the grid.
+    selection
+        The marks to count, as ``cells[selection]`` would pick them: positions, or a
+        boolean mask aligned with ``cells``. None counts every mark.
+
+    Examples
+    --------
+    >>> count_cells(np.array([0, 2, 2, 9], dtype=np.uint16), 3)
+    array([1, 0, 2])
+    >>> count_cells(np.array([0, 2, 2], dtype=np.uint16), 3, np.array([True, False, True]))
+    array([1, 0, 1])
+    """
+    counts = np.zeros(n_cells, dtype=np.int64)
+    mask = selection is not None and selection.dtype == bool
+    n = len(cells) if selection is None or mask else len(selection)
+    for lo in range(0, n, _COUNT_CHUNK):
+        hi = lo + _COUNT_CHUNK
+        if selection is None:
+            part = cells[lo:hi]
+        elif mask:
+            part = cells[lo:hi][selection[lo:hi]]
+        else:
+            part = cells[selection[lo:hi]]
+        counts += np.bincount(part, minlength=n_cells)[:n_cells]
+    return counts
 
 
 def disc_half_widths(radius_cells: float) -> list[int]:
@@ -618,7 +663,7 @@ def density_grid(
         n_out = int((~on_grid).sum())
         if n_out:
             given, pid = given[on_grid], pid[on_grid]
-        cells = given.astype(np.intp)
+        cells = given  # 2-byte indexes: each use below widens only what it needs
         n_marks = len(cells)
     else:
         x, y, inside = _in_bounds(sub["x"].to_numpy(), sub["y"].to_numpy(), spec)
@@ -648,7 +693,10 @@ def density_grid(
         else:
             per_patient = np.bincount(codes, minlength=n_patients).astype(float)
             weights = 1.0 / per_patient[codes]
-        binned = np.bincount(cells, weights=weights, minlength=spec.nx * spec.ny).astype(float)
+        if weights is None:
+            binned = count_cells(cells, spec.nx * spec.ny).astype(float)
+        else:
+            binned = np.bincount(cells, weights=weights, minlength=spec.nx * spec.ny)
         binned = binned.reshape(spec.shape)
         total = float(binned.sum())
         values = _smooth(binned, sigma / cell, body)
@@ -745,7 +793,7 @@ def _dominated(
     ny, nx = spec.shape
     nby, nbx = -(-ny // block), -(-nx // block)
     half = max(1, math.ceil(window / (block * spec.cell) - 1e-9))
-    iy, ix = np.divmod(cells, nx)
+    iy, ix = np.divmod(cells.astype(np.intp, copy=False), nx)  # 2-byte cells: no overflow
     bcell = (iy // block) * nbx + (ix // block)
     nblocks = nby * nbx
     w = np.ones(len(codes)) if weights is None else weights
