@@ -7,7 +7,7 @@ PORT   ?= 5006
 # The demo database lives in the project folder so `make serve` is self-contained.
 DEMO_DB ?= var/demo.db
 
-.PHONY: serve test lint format bench atlas chromium install dev clean
+.PHONY: serve test lint format bench atlas screenshots chromium install dev clean
 
 $(BIN)/tpmap: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,12 +37,12 @@ chromium:
 	fi
 
 lint: dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench docs
+	$(BIN)/ruff format --check src tests bench docs
 
 format: dev
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench docs
+	$(BIN)/ruff check --fix src tests bench docs
 
 test: dev chromium lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -50,6 +50,10 @@ test: dev chromium lint
 bench: dev
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench
+
+# The README's pictures: a demo database and a tpmap serve in a temporary folder, Chromium.
+screenshots: dev chromium
+	$(BIN)/python docs/screenshots.py
 
 atlas: install
 	$(BIN)/tpmap atlas --build

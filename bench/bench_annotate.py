@@ -11,7 +11,8 @@ Measures (Debian's Chromium driven by Playwright, against a real `tpmap serve`):
 Side by side, the obvious alternative for the server part: reloading the whole episode's
 marks from the database after each tap instead of updating the one mark.
 
-Run with ``python -m bench annotate`` (builds the database once in bench/out/, ~1 minute).
+Run with ``python -m bench annotate``. The database is built once (~1 minute) in the benchmarks'
+work folder under the system temp dir (``bench/_work.py``; ``$TPMAP_BENCH_DIR`` moves it).
 """
 
 from __future__ import annotations
@@ -19,35 +20,26 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
+from bench._work import isolate, secret_file, serve, stop, work_dir
 from tpmap import load_atlas
 from tpmap.auth import load_secret
 from tpmap.store import Store
 
-OUT = Path(__file__).parent / "out"
-DB = OUT / "annotate-1e6.db"
-URL = f"sqlite:///{DB}"
 N_TAPS = 40
-# The benchmark's own server secret and account (never the user's data directory).
-SECRET_FILE = OUT / "secret"
+# The benchmark's own account (its server secret is the work folder's, never the user's).
 BENCH_USER, BENCH_PASSWORD = "bench", "bench-password-1"
 
 
-def _store() -> Store:
-    OUT.mkdir(exist_ok=True)
-    if not SECRET_FILE.exists():
-        import secrets
+def db_url() -> str:
+    """The ~10^6-mark database in the work folder: built once, reused by later runs."""
+    return f"sqlite:///{work_dir() / 'annotate-1e6.db'}"
 
-        SECRET_FILE.touch(mode=0o600)
-        SECRET_FILE.write_text(secrets.token_urlsafe(48))
-    return Store(URL, secret=load_secret(secret_file=SECRET_FILE))
+
+def _store() -> Store:
+    return Store(db_url(), secret=load_secret(secret_file=secret_file()))
 
 
 def _ensure_account(store: Store) -> None:
@@ -141,32 +133,6 @@ def _tap_patient() -> str:
     return code
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve() -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "tpmap", "serve", "--db", URL, "--port", str(port)),
-            *("--secret-file", str(SECRET_FILE)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(url + "/login", timeout=1)
-            return proc, url
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("tpmap serve did not start")
-
-
 def _sign_in_ms(url: str) -> float:
     """POST the sign-in form (with its XSRF token) and time the server's answer."""
     import http.client
@@ -210,9 +176,10 @@ def _pct(values: list[float], q: float) -> float:
 def main() -> list[tuple[str, str, str]]:
     from playwright.sync_api import sync_playwright
 
+    isolate()  # Playwright, Chromium and tpmap in this process: nothing in the user's home
     episode_id, n_marks = _build_db()
     tap_code = _tap_patient()
-    proc, url = _serve()
+    proc, url = serve(db_url())
     atlas = load_atlas()
     taps, opens = [], []
     try:
@@ -267,8 +234,7 @@ def main() -> list[tuple[str, str, str]]:
         # indexes in a thread) and over plain HTTP: the server's cost, not the browser's.
         sign_ins = [_sign_in_ms(url) for _ in range(5)]
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
 
     # One argon2id verification alone (argon2-cffi's defaults), for the sign-in row.
     from argon2 import PasswordHasher

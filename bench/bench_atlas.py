@@ -11,6 +11,7 @@ import time
 import numpy as np
 import shapely
 
+from bench._work import isolate
 from tpmap import load_atlas
 from tpmap.atlas import MUSCLE_LAYERS
 
@@ -69,6 +70,7 @@ def _rows(label, tap_us, base_us, n, fast, slow):
 
 
 def main() -> list[tuple[str, str, str, str]]:
+    isolate()  # writes nothing today; any cache a library adds lands in the work folder
     atlas = load_atlas()
     rng = np.random.default_rng(0)
     n = 1_000_000

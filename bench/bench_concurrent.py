@@ -1,9 +1,10 @@
 """A clinician's taps while a researcher loads and filters, on the same server.
 
 One `tpmap serve` process on the 10^6-mark database of ``python -m bench annotate``, with a
-cold research snapshot (in a temporary folder). Debian's Chromium via Playwright: a
-clinician page taps marks (tap to mark drawn as saved, measured by the page's own clock, as
-in bench_annotate) while, in another browser context, a researcher page
+cold research snapshot (a scratch folder in the benchmarks' work folder, ``bench/_work.py``).
+Debian's Chromium via Playwright: a clinician page taps marks (tap to mark drawn as saved,
+measured by the page's own clock, as in bench_annotate) while, in another browser context, a
+researcher page
 
 1. is idle (not open): the baseline;
 2. opens and loads the 10^6 marks (cold: every mark read from the database);
@@ -21,17 +22,18 @@ import contextlib
 import os
 import shutil
 import statistics
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import warnings
+from pathlib import Path
 
 import numpy as np
 from bokeh.document import Document
 
 from bench._report import print_rows
-from bench.bench_annotate import _SCREEN, URL, _build_db, _pct, _serve, _tap_patient
+from bench._work import isolate, scratch, serve, stop
+from bench.bench_annotate import _SCREEN, _build_db, _pct, _tap_patient, db_url
 from tpmap import load_atlas, research
 from tpmap.apps.explore import make_document
 
@@ -83,21 +85,18 @@ def _points(atlas, n: int) -> list[tuple[float, float]]:
 
 def main() -> list[tuple[str, str, str]]:
     warnings.simplefilter("ignore")
+    isolate()  # Playwright, Chromium and tpmap in this process: nothing in the user's home
     _build_db()
-    work = tempfile.mkdtemp(prefix="tpmap-bench-concurrent-")
-    os.environ["TPMAP_SNAPSHOT_DIR"] = work  # cold, and never the user's cache
-    try:
+    with scratch("concurrent") as work:
         return _run(work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(work: str) -> list[tuple[str, str, str]]:
+def _run(work: Path) -> list[tuple[str, str, str]]:
     from playwright.sync_api import sync_playwright
 
     atlas = load_atlas()
     tap_code = _tap_patient()
-    proc, url = _serve()
+    proc, url = serve(db_url(), snapshot_dir=work / "served")  # cold
     points = iter(_points(atlas, 6 * N_TAPS))
     phases: dict[str, list[float]] = {"idle": [], "loading": [], "filtering": []}
     loop_ms: dict[str, list[float]] = {"idle": [], "loading": [], "filtering": []}
@@ -168,12 +167,11 @@ def _run(work: str) -> list[tuple[str, str, str]]:
                     tap("idle")
             browser.close()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
 
     # The alternative: how long the event loop was held by the same work in the old design.
     t = time.perf_counter()
-    data = research.load_dataset(URL, snapshot=os.path.join(work, "cold"))
+    data = research.load_dataset(db_url(), snapshot=os.path.join(work, "cold"))
     cold_load = time.perf_counter() - t
     page = make_document(Document(), dataset=data, atlas=atlas)
     page.settle()

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
+from bench._work import isolate
 from tpmap.research import VIEWS, GridSpec, bin_counts, count_cells, density_grid, view_cells
 from tpmap.research._density import _cell_index
 from tpmap.research._frames import stable_order
@@ -151,6 +152,7 @@ def _previous_patient_cell(marks: pd.DataFrame, spec: GridSpec, k: int = 5) -> n
 
 
 def main() -> None:
+    isolate()  # datashader's numba (and any library cache) writes into the work folder
     warnings.simplefilter("ignore")  # min_patients=0 rows: direct-access analysis on purpose
     spec = GridSpec.from_bounds(BOUNDS, CELL)
     coarse = GridSpec.from_bounds(BOUNDS, 2.0)

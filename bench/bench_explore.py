@@ -7,8 +7,8 @@ Two measurements, side by side with the obvious alternative:
   and binning them with ``numpy.histogram2d`` for every change;
 - in Chromium against a real `tpmap serve`: from a changed filter to the new figure drawn.
 
-Uses the database that ``python -m bench annotate`` builds (bench/out/annotate-1e6.db); the
-server's snapshot goes to a temporary folder.
+Uses the database that ``python -m bench annotate`` builds (built here when missing) in the
+benchmarks' work folder (``bench/_work.py``); this run's snapshots go to a scratch folder there.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import tempfile
 import time
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,8 @@ from bokeh.document import Document
 from sqlalchemy import create_engine
 
 from bench._report import print_rows
-from bench.bench_annotate import URL, _build_db, _serve
+from bench._work import isolate, scratch, serve, stop
+from bench.bench_annotate import _build_db, db_url
 from tpmap import load_atlas, research
 from tpmap.apps.explore import Request, make_document
 
@@ -44,7 +45,7 @@ def _median_ms(fn, repeat: int = 5) -> float:
 
 
 def _read_sql_alternative(view: str, condition: str) -> None:
-    engine = create_engine(URL)
+    engine = create_engine(db_url())
     frame = pd.read_sql(
         "select m.x, m.y, m.view, e.patient_id from marks m "
         "join sessions s on s.id = m.session_id join episodes e on e.id = s.episode_id "
@@ -61,17 +62,14 @@ def _read_sql_alternative(view: str, condition: str) -> None:
 
 def main() -> list[tuple[str, str, str]]:
     warnings.simplefilter("ignore")
+    isolate()  # Playwright, Chromium and tpmap in this process: nothing in the user's home
     _build_db()
-    work = tempfile.mkdtemp(prefix="tpmap-bench-explore-")
-    os.environ["TPMAP_SNAPSHOT_DIR"] = work  # the served page's snapshot too
-    try:
+    with scratch("explore") as work:
         return _run(work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(work: str) -> list[tuple[str, str, str]]:
-    data = research.load_dataset(URL, snapshot=os.path.join(work, "snapshot"))
+def _run(work: Path) -> list[tuple[str, str, str]]:
+    data = research.load_dataset(db_url(), snapshot=os.path.join(work, "snapshot"))
     page = make_document(Document(), dataset=data, atlas=load_atlas())
     page.settle()
     rows = []
@@ -97,7 +95,7 @@ def _run(work: str) -> list[tuple[str, str, str]]:
     # In the browser: a filter change until the new figure is drawn.
     from playwright.sync_api import sync_playwright
 
-    proc, url = _serve()
+    proc, url = serve(db_url(), snapshot_dir=work / "served")
     browser_ms = []
     try:
         with sync_playwright() as p:
@@ -133,8 +131,7 @@ def _run(work: str) -> list[tuple[str, str, str]]:
                 browser_ms.append(1000 * (time.perf_counter() - t))
             browser.close()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
     rows.append(
         (
             "filter change to figure drawn (Chromium)",

@@ -16,7 +16,8 @@ two cores, so the 10^7 row is a snapshot synthesized from the 10^6 one (its rows
 times with new ids) placed behind the same database: ``load_dataset`` then runs its full
 warm path (refresh check against the database, Parquet read, cohort and outcomes) on 10^7
 marks. Times are wall-clock seconds of one run (``time.perf_counter``), the baseline's
-10^7 figure is extrapolated (x10) from its 10^6 run.
+10^7 figure is extrapolated (x10) from its 10^6 run. Its database and snapshots live in a
+scratch folder of the benchmarks' work folder (``bench/_work.py``), removed after the run.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ import gc
 import json
 import os
 import platform
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,7 +37,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench._work import isolate, scratch, secret_file
 from tpmap import _snapshot
+from tpmap.auth import load_secret
 from tpmap.research import compact_marks, load_dataset
 from tpmap.store import Store
 
@@ -83,7 +84,8 @@ def _mark_rows(session_ids: list[int], n: int, seed: int) -> Iterator[dict[str, 
 
 def build_database(url: str, n_marks: int = N_MARKS) -> tuple[Store, list[int]]:
     """Fill a new database through the store's bulk inserts; returns it and the session ids."""
-    store = Store(url)
+    # The bench's own secret keys the audit trail of the edits below (not the user's).
+    store = Store(url, secret=load_secret(secret_file=secret_file()))
     rng = np.random.default_rng(1)
     patients = store.bulk_insert_patients(
         {"code": f"P-{i:06d}", "sex": "female" if i % 2 else "male", "birth_year": 1950 + i % 50}
@@ -190,9 +192,8 @@ def memory_per_mark(store_url: str, snap: Path) -> float:
 
 def main(n_marks: int = N_MARKS) -> None:
     """Build the database, time the loads, print the table."""
-    work = Path(tempfile.mkdtemp(prefix="tpmap-bench-load-"))
-    os.environ["TPMAP_SNAPSHOT_DIR"] = str(work / "snapshots")  # never the user's cache
-    try:
+    isolate()
+    with scratch("load") as work:
         url = f"sqlite:///{work / 'tpmap.db'}"
         t_build, (store, sessions) = _timed(lambda: build_database(url, n_marks))
         snap = work / "snapshot"
@@ -254,8 +255,6 @@ def main(n_marks: int = N_MARKS) -> None:
             + "; ".join(f"{n} page(s): {mb:.0f} MB resident" for n, mb in memory)
             + f". Marks frame and cell index: {memory_per_mark(url, snap):.1f} bytes a mark."
         )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

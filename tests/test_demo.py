@@ -12,7 +12,15 @@ import pytest
 from sqlalchemy import select
 
 from tpmap import load_atlas, model
-from tpmap.demo import PLANS, SITES, DemoSummary, generate_demo, site_centres
+from tpmap.demo import (
+    FOLLOW_UP_DAYS,
+    PLANS,
+    SITES,
+    STRUCTURE_SITES,
+    DemoSummary,
+    generate_demo,
+    site_centres,
+)
 from tpmap.store import open_store
 from tpmap.store.schema import (
     AdverseEventRow,
@@ -157,7 +165,7 @@ def test_every_mark_lies_in_its_muscle(cohort):
 def test_marks_cluster_at_the_trigger_point_sites(cohort):
     _, _, data = cohort
     centres: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
-    muscle_of = {s.name: s.muscle for s in SITES}
+    muscle_of = {s.name: s.muscle for s in (*SITES, *STRUCTURE_SITES)}
     for (site, view, side), xy in site_centres().items():
         centres.setdefault((muscle_of[site], view, side), []).append(xy)
     near = 0
@@ -289,15 +297,16 @@ def test_nprs_and_responders(cohort):
     nprs = model.OUTCOME_INSTRUMENTS["nprs"]
     responder = {}
     for (episode, instrument), values in scores.items():
-        assert len(values) == 2, (episode, instrument)
-        if instrument == "nprs":
-            responder[episode] = nprs.is_responder(*values)
+        assert len(values) in (1, 2, 1 + len(FOLLOW_UP_DAYS)), (episode, instrument)
+        if instrument == "nprs" and len(values) > 2:  # baseline to the 12-week follow-up
+            responder[episode] = nprs.is_responder(values[0], values[-1])
     share = sum(responder.values()) / len(responder)
     assert 0.4 <= share <= 0.7, share
     # The condition's own instrument agrees with the NPRS.
     for (episode, instrument), values in scores.items():
-        spec = model.OUTCOME_INSTRUMENTS[instrument]
-        assert spec.is_responder(*values) == responder[episode], (episode, instrument)
+        if episode in responder:
+            spec = model.OUTCOME_INSTRUMENTS[instrument]
+            assert spec.is_responder(values[0], values[-1]) == responder[episode], episode
 
 
 def test_outcome_instruments_per_condition(cohort):
@@ -310,6 +319,67 @@ def test_outcome_instruments_per_condition(cohort):
     assert used["knee_osteoarthritis"] == {"nprs", "womac_function"}
     assert used["total_knee_arthroplasty"] == {"nprs", "womac_function"}
     assert used["lateral_knee_pain"] == {"nprs", "lefs"}
+
+
+def test_outcomes_followed_up_over_weeks_and_some_patients_lost(cohort):
+    _, _, data = cohort
+    start = {e["id"]: e["start_date"] for e in data["episodes"]}
+    days: dict[tuple[int, str], list[int]] = {}
+    for o in data["outcomes"]:
+        days.setdefault((o["episode_id"], o["instrument"]), []).append(
+            (o["date"] - start[o["episode_id"]]).days
+        )
+    lost = set()
+    for (episode, _), ds in days.items():
+        ds.sort()
+        assert ds[0] == 0  # the baseline, on the day of the first session
+        # Follow-ups at about 2, 6 and 12 weeks; the last inside the 4-12 week window.
+        for d, (due, early) in zip(ds[1:], FOLLOW_UP_DAYS, strict=False):
+            assert due - early <= d <= due
+        if len(ds) < 1 + len(FOLLOW_UP_DAYS):
+            lost.add(episode)
+    assert 0.06 <= len(lost) / len(data["episodes"]) <= 0.20  # about 12 % lost to follow-up
+    assert max(o["date"] for o in data["outcomes"]) < dt.date.today()
+
+
+def test_structure_marks_where_clinicians_needle_them(cohort):
+    _, _, data = cohort
+    atlas = load_atlas()
+    episode = {e["id"]: e for e in data["episodes"]}
+    session_episode = _episode_of_session(data)
+    with_structures: dict[str, set[int]] = {}
+    kinds = set()
+    for m in data["marks"]:
+        if m["layer"] != "structures":
+            assert atlas.kind(m["muscle"]) in ("muscle", "fascia")
+            continue
+        # Assigned by geometry: the structures layer's region at the point is the mark's.
+        region = atlas.region_at(m["view"], m["x"], m["y"], layer="structures")
+        assert region is not None and (region.muscle, region.side) == (m["muscle"], m["side"])
+        e = episode[session_episode[m["session_id"]]]
+        with_structures.setdefault(e["condition"], set()).add(e["id"])
+        kinds.add(atlas.kind(m["muscle"]))
+        assert m["ltr_grade"] == "none" and m["ltr_count"] == 0 and m["tp_status"] is None
+        if e["affected_side"] != "both":
+            assert m["side"] == e["affected_side"]
+        if m["muscle"] == "mpfl":
+            assert e["condition"] == "patellofemoral_pain"
+            assert m["technique"] in ("static", "pistoning", "electrical")
+        else:  # periosteal electrical dry needling (Dunning 2018)
+            assert e["condition"] == "knee_osteoarthritis"
+            assert m["technique"] == "periosteal_electrical"
+            assert m["estim_frequency_hz"] == 2.0 and 1.0 <= m["estim_intensity_ma"] <= 5.0
+            assert m["needle_gauge_mm"] == 0.30 and m["depth_mm"] <= 15
+    assert set(with_structures) == {"patellofemoral_pain", "knee_osteoarthritis"}
+    assert kinds == {"ligament", "tendon", "periosteum"}  # pes anserinus is a tendon
+    for condition, low, high in (
+        ("patellofemoral_pain", 0.1, 0.4),
+        ("knee_osteoarthritis", 0.3, 0.6),
+    ):
+        n = sum(e["condition"] == condition for e in data["episodes"])
+        assert low <= len(with_structures[condition]) / n <= high, condition
+    muscles = {m["muscle"] for m in data["marks"] if m["layer"] == "structures"}
+    assert {"mpfl", "medial_joint_line", "adductor_tubercle", "patellar_borders"} <= muscles
 
 
 def test_sessions_about_a_week_apart_and_in_the_past(cohort):

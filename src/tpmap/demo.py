@@ -13,22 +13,33 @@ layer, so the stored muscle is exactly what the app would derive from the tap. W
 patient gets follows the published prevalence per condition (shared ANATOMY.md):
 
 - knee osteoarthritis: Sanchez-Romero 2020 (TFL 61 %, adductors 52 %, hamstrings 55 %,
-  quadriceps 47 %, gastrocnemius 58 %, popliteus 29 %), periosteal electrical needling
-  around the knee after Dunning 2018;
+  quadriceps 47 %, gastrocnemius 58 %, popliteus 29 %); some patients also get periosteal
+  electrical dry needling at periosteal sites around the painful knee (Dunning 2018: joint
+  lines, epicondyles, adductor tubercle, pes anserinus, patellar borders), marked on the
+  structures layer (:data:`STRUCTURE_SITES`);
 - patellofemoral pain: gluteus medius on the affected side and quadratus lumborum on the
-  other (Zarei 2020), VMO, vastus lateralis and rectus femoris (Ma 2020);
+  other (Zarei 2020), VMO, vastus lateralis and rectus femoris (Ma 2020); some patients also
+  have the medial patellofemoral ligament (deep to VMO) needled;
 - lateral knee pain: vastus lateralis, ITB, TFL, biceps femoris, fibularis longus;
 - before total knee arthroplasty: most of the sites (Mayoral 2013: about 12.75 points).
 
+Structure marks, like muscle marks, are drawn around a site and re-drawn until the atlas puts
+them inside the intended structure (layer ``structures``).
+
 Adverse events follow Brady 2014 (mild events after about 19 % of treatments: bruising 7.6 %,
-bleeding 4.7 %); about 55 % of patients are responders (NPRS better by 2 or more points over
-the episode, and the condition's instrument by its MCID), the others are not.
+bleeding 4.7 %); about 55 % of patients are responders (NPRS better by 2 or more points at the
+12-week follow-up, and the condition's instrument by its MCID), the others are not. Outcome
+instruments (NPRS and the condition's own: WOMAC, Kujala or LEFS) are scored at baseline and
+2, 6 and 12 weeks after the first session (Dunning 2018's schedule); about 12 % of patients
+are lost to follow-up after the first weeks (:data:`LOST_TO_FOLLOW_UP`). Structures and
+follow-ups draw from a second stream seeded from the same seed, so adding them left the
+muscle marks of a seed as they were.
 
 Example
 -------
 >>> from tpmap.store import open_store  # doctest: +SKIP
 >>> print(generate_demo(open_store("sqlite:///demo.db"), seed=1))  # doctest: +SKIP
-200 patients, 901 sessions, 5 412 marks
+200 patients, 879 sessions, 5 799 marks
 """
 
 from __future__ import annotations
@@ -51,11 +62,16 @@ __all__ = [
     "DEMO_ACCOUNTS",
     "DEMO_CLINICS",
     "DEMO_PASSWORD",
+    "FOLLOW_UP_DAYS",
+    "LOST_TO_FOLLOW_UP",
     "PLANS",
     "SITES",
+    "STRUCTURE_PLANS",
+    "STRUCTURE_SITES",
     "DemoSummary",
     "MuscleGroup",
     "Site",
+    "StructurePlan",
     "create_demo_accounts",
     "demo_accounts_text",
     "generate_demo",
@@ -179,6 +195,61 @@ SITES: tuple[Site, ...] = (
 _SITES_BY_MUSCLE: dict[str, list[int]] = {}
 for _i, _site in enumerate(SITES):
     _SITES_BY_MUSCLE.setdefault(_site.muscle, []).append(_i)
+
+_STRUCT = {"layer": "structures", "sd_cm": 0.25}
+
+#: Needled structures that are not muscles (ANATOMY.md 1c), on the anterior view's structures
+#: layer: the MPFL (patellofemoral pain) and the periosteal sites of periosteal electrical dry
+#: needling for knee osteoarthritis (Dunning 2018). ``fu``/``fy`` as in :class:`Site`; the
+#: patellar borders are four sites on one region (superior and inferior poles, medial and
+#: lateral borders), just inside its edge.
+STRUCTURE_SITES: tuple[Site, ...] = (
+    _s("mpfl", "mpfl", ("anterior", 1.0, 0.50, 0.50), **_STRUCT),
+    _s("medial_joint_line", "medial_joint_line", ("anterior", 1.0, 0.45, 0.50), **_STRUCT),
+    _s("lateral_joint_line", "lateral_joint_line", ("anterior", 1.0, 0.55, 0.50), **_STRUCT),
+    _s("medial_epicondyle", "medial_epicondyle", ("anterior", 1.0, 0.50, 0.50), **_STRUCT),
+    _s("lateral_epicondyle", "lateral_epicondyle", ("anterior", 1.0, 0.50, 0.50), **_STRUCT),
+    _s("adductor_tubercle", "adductor_tubercle", ("anterior", 1.0, 0.50, 0.50), **_STRUCT),
+    _s("pes_anserinus", "pes_anserinus", ("anterior", 1.0, 0.50, 0.50), **_STRUCT),
+    _s("patella_superior_pole", "patellar_borders", ("anterior", 1.0, 0.50, 0.90), **_STRUCT),
+    _s("patella_medial_border", "patellar_borders", ("anterior", 1.0, 0.10, 0.50), **_STRUCT),
+    _s("patella_lateral_border", "patellar_borders", ("anterior", 1.0, 0.90, 0.50), **_STRUCT),
+    _s("patella_inferior_pole", "patellar_borders", ("anterior", 1.0, 0.50, 0.10), **_STRUCT),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StructurePlan:
+    """Structures needled in ``prevalence`` of a condition's patients.
+
+    A patient with the plan gets ``count`` (inclusive range) of ``sites`` (names in
+    :data:`STRUCTURE_SITES`) on the affected knee, needled in most of their sessions with
+    ``technique`` (``periosteal_electrical``, or ``ligament``: pistoning, static or
+    electrical, as clinicians needle the MPFL).
+    """
+
+    prevalence: float
+    sites: tuple[str, ...]
+    count: tuple[int, int]
+    technique: str
+
+
+_PERIOSTEAL_SITES = tuple(s.name for s in STRUCTURE_SITES if s.name != "mpfl")
+
+#: Which conditions get structure marks, and how (the other conditions get none).
+STRUCTURE_PLANS: dict[str, StructurePlan] = {
+    "patellofemoral_pain": StructurePlan(0.25, ("mpfl",), (1, 1), "ligament"),
+    "knee_osteoarthritis": StructurePlan(0.45, _PERIOSTEAL_SITES, (4, 8), "periosteal_electrical"),
+}
+
+#: Follow-up outcome scores: (days after the first session, how many days earlier at most):
+#: 2, 6 and 12 weeks, after Dunning 2018; the 12-week visit stays inside the responder
+#: window (research.ResponderRule: 4 to 12 weeks).
+FOLLOW_UP_DAYS: tuple[tuple[int, int], ...] = ((16, 4), (44, 5), (84, 7))
+#: Share of patients lost to follow-up: no scores after the 2-week one (about 12 %).
+LOST_TO_FOLLOW_UP = 0.12
+# How far along from baseline to the final score each follow-up is, on average.
+_FOLLOW_UP_PROGRESS = (0.45, 0.85, 1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,21 +496,23 @@ class _Targets:
 def site_centres(atlas: Atlas | None = None) -> dict[tuple[str, str, str], tuple[float, float]]:
     """The centre of every site on the diagram: ``{(site, view, side): (x, y)}`` in cm.
 
-    A centre that falls outside its (concave) region is moved to the nearest point well
-    inside it, so each centre lies in the intended muscle.
+    Muscle sites (:data:`SITES`) and structure sites (:data:`STRUCTURE_SITES`). A centre that
+    falls outside its (concave) region is moved to the nearest point well inside it, so each
+    centre lies in the intended muscle or structure.
     """
     atlas = atlas or load_atlas()
-    t = _targets(atlas)
-    return {
-        (SITES[s].name, view, side): (float(t.cx[row]), float(t.cy[row]))
-        for (s, view, side), row in t.key.items()
-    }
+    centres: dict[tuple[str, str, str], tuple[float, float]] = {}
+    for sites in (SITES, STRUCTURE_SITES):
+        t = _targets(atlas, sites)
+        for (s, view, side), row in t.key.items():
+            centres[(sites[s].name, view, side)] = (float(t.cx[row]), float(t.cy[row]))
+    return centres
 
 
-def _targets(atlas: Atlas) -> _Targets:
+def _targets(atlas: Atlas, sites: Sequence[Site] = SITES) -> _Targets:
     key: dict[tuple[int, str, str], int] = {}
     region, views, layers, cx, cy, sd = [], [], [], [], [], []
-    for s, site in enumerate(SITES):
+    for s, site in enumerate(sites):
         for kind, _w, fu, fy in site.views:
             for side in model.SIDES:
                 view = _view_for(kind, side)
@@ -606,7 +679,9 @@ def _outcome_scores(
 ) -> tuple[float, float]:
     spec = model.OUTCOME_INSTRUMENTS[instrument]
     mean, sd = _OUTCOME_BASELINE[instrument]
-    room = spec.mcid * 1.3
+    # Whole points of room for a responder's gain: a clipped baseline stays a whole score
+    # (WOMAC 16, not 16.25), as questionnaire totals are.
+    room = float(np.ceil(spec.mcid * 1.3))
     if spec.direction is model.Direction.HIGHER_IS_BETTER:
         base = float(np.clip(round(rng.normal(mean, sd)), spec.minimum, spec.maximum - room))
     else:
@@ -623,6 +698,36 @@ def _outcome_scores(
     end = base - gain if spec.direction is model.Direction.LOWER_IS_BETTER else base + gain
     end = float(np.clip(end, spec.minimum, spec.maximum))
     return base, end
+
+
+def _follow_up_score(
+    rng: np.random.Generator, instrument: str, base: float, end: float, progress: float
+) -> float:
+    """A follow-up score ``progress`` of the way from ``base`` to ``end`` (the last one
+    exactly ``end``, so responder status holds), earlier ones with some noise."""
+    if progress >= 1.0:
+        return end
+    spec = model.OUTCOME_INSTRUMENTS[instrument]
+    value = base + (end - base) * progress + rng.normal(0.0, 0.35 * spec.mcid)
+    return float(np.clip(round(value), spec.minimum, spec.maximum))
+
+
+def _structure_plan(
+    rng: np.random.Generator, condition: str, affected: str
+) -> list[tuple[int, str]]:
+    """The structures a patient has needled: ``(index into STRUCTURE_SITES, side)`` pairs."""
+    plan = STRUCTURE_PLANS.get(condition)
+    if plan is None or rng.random() >= plan.prevalence:
+        return []
+    lo, hi = plan.count
+    k = min(int(rng.integers(lo, hi + 1)), len(plan.sites))
+    chosen = sorted(rng.choice(len(plan.sites), size=k, replace=False).tolist())
+    if affected == "both":
+        sides = list(model.SIDES) if rng.random() < 0.5 else [_choice(rng, model.SIDES, (1, 1))]
+    else:
+        sides = [affected]
+    index = {site.name: i for i, site in enumerate(STRUCTURE_SITES)}
+    return [(index[plan.sites[c]], side) for c in chosen for side in sides]
 
 
 def generate_demo(
@@ -690,6 +795,14 @@ def generate_demo(
     ae_types = [t for t, _ in _ADVERSE_RATES]
     ae_rates = np.array([r for _, r in _ADVERSE_RATES])
 
+    # Structure marks and follow-up scores draw from a second stream of the same seed, so
+    # that the first stream's draws (and with them a seed's muscle marks) stay as they were.
+    srng = np.random.default_rng([seed, 1])
+    s_targets = _targets(atlas, STRUCTURE_SITES)
+    s_mark_session: list[int] = []
+    s_mark_site: list[int] = []
+    s_mark_side: list[str] = []
+
     for p in range(patients):
         condition = conditions[int(rng.choice(len(conditions), p=cond_p))]
         people = _PEOPLE[condition]
@@ -720,6 +833,7 @@ def generate_demo(
         entries.extend(plan)
         entry_condition.extend([condition] * len(plan))
         plan_ids = np.arange(first_entry, len(entries))
+        structures = _structure_plan(srng, condition, affected)
 
         responder = bool(rng.random() < _RESPONDER_SHARE)
         n_sessions = int(rng.integers(lo, hi + 1))
@@ -778,6 +892,12 @@ def generate_demo(
                         counts += rng.multinomial(total - k, np.full(k, 1.0 / k))
             mark_session.extend([s] * int(counts.sum()))
             mark_entry.extend(np.repeat(present_list, counts).tolist())
+            # The patient's structures, one mark each, in most sessions.
+            for site_i, side in structures:
+                if srng.random() < 0.85:
+                    s_mark_session.append(s)
+                    s_mark_site.append(site_i)
+                    s_mark_side.append(side)
 
             # Pressure pain thresholds: higher (better) as a responder improves.
             progress = (j / max(1, n_sessions - 1)) * (0.3 if responder else 0.03)
@@ -793,27 +913,37 @@ def generate_demo(
                     (s, {"type": ae_types[t], "severity": "significant" if severe else "mild"})
                 )
 
-        # Outcome measures at baseline and at the end, consistent with responder status.
-        end_date = session_rows[-1]["date"]
-        first_before, last_after = course[0][0], course[-1][1]
-        outcome_rows.append((e, {"instrument": "nprs", "score": first_before, "date": ep_start}))
-        outcome_rows.append((e, {"instrument": "nprs", "score": last_after, "date": end_date}))
+        # Outcome measures at baseline and at 2, 6 and 12 weeks, ending where responder
+        # status says; a patient lost to follow-up stops after the 2-week visit, or before.
+        scores: list[tuple[str, float, float]] = [("nprs", course[0][0], course[-1][1])]
         if people.instrument:
-            base, end = _outcome_scores(rng, people.instrument, responder)
-            outcome_rows.append(
-                (e, {"instrument": people.instrument, "score": base, "date": ep_start})
-            )
-            outcome_rows.append(
-                (e, {"instrument": people.instrument, "score": end, "date": end_date})
-            )
+            scores.append((people.instrument, *_outcome_scores(rng, people.instrument, responder)))
+        visits = [
+            ep_start + dt.timedelta(days=days - int(srng.integers(0, early + 1)))
+            for days, early in FOLLOW_UP_DAYS
+        ]
+        if srng.random() < LOST_TO_FOLLOW_UP:
+            visits = visits[: int(srng.integers(0, 2))]
+        for instrument, base, end in scores:
+            outcome_rows.append((e, {"instrument": instrument, "score": base, "date": ep_start}))
+            for date_v, progress in zip(visits, _FOLLOW_UP_PROGRESS, strict=False):
+                score = _follow_up_score(srng, instrument, base, end, progress)
+                outcome_rows.append((e, {"instrument": instrument, "score": score, "date": date_v}))
 
-    last = max((row["date"] for row in session_rows), default=start)
+    last = max(
+        (row["date"] for row in [*session_rows, *(row for _, row in outcome_rows)]),
+        default=start,
+    )
     if last > dt.date.today():
         raise ValueError(
-            f"with start={start} the cohort's sessions would run until {last}, after today: "
+            f"with start={start} the cohort's sessions and follow-ups would run until {last}, "
+            "after today: "
             "choose an earlier start"
         )
     marks = _mark_rows(atlas, targets, rng, entries, entry_condition, mark_entry)
+    if s_mark_session:
+        s_marks = _structure_mark_rows(atlas, s_targets, srng, s_mark_site, s_mark_side)
+        marks, mark_session = _merge_marks(marks, mark_session, s_marks, s_mark_session)
 
     # Write, parents first, mapping list positions to the new ids. Patients are dealt to the
     # demo clinics in turn (no random draw, so a seed still means the same cohort).
@@ -982,12 +1112,13 @@ def _mark_rows(
     reg_layer = np.array([r.layer for r in atlas.regions], dtype=object)
     reg_view = np.array([r.view for r in atlas.regions], dtype=object)
 
-    # Technique: pistoning mostly, electrical about 15 %, periosteal electrical around the
-    # knee in osteoarthritis (Dunning 2018).
+    # Technique: pistoning mostly, electrical about 15 %, more electrical around the knee in
+    # osteoarthritis (Dunning 2018). Periosteal electrical needling is recorded on the
+    # periosteal sites themselves (structure marks), never on a muscle.
     knee = np.array([s.near_knee for s in SITES], dtype=bool)[site]
     p_tech = np.tile([0.15, 0.70, 0.15, 0.0], (n, 1))
     p_tech[e_oa[me]] = [0.15, 0.65, 0.20, 0.0]
-    p_tech[e_oa[me] & knee] = [0.10, 0.40, 0.15, 0.35]
+    p_tech[e_oa[me] & knee] = [0.10, 0.45, 0.45, 0.0]
     tech = (rng.random(n)[:, None] > np.cumsum(p_tech, axis=1)).sum(axis=1)
     tech = np.minimum(tech, 3)
     piston, static = tech == 1, tech == 0
@@ -1049,3 +1180,110 @@ def _mark_rows(
         "referral_reproduced": referral.tolist(),
         "note": [""] * n,
     }
+
+
+# Depth to the ligament, or through thin soft tissue to the bone (mm).
+_STRUCTURE_DEPTH_MM: dict[str, tuple[float, float]] = {
+    "mpfl": (8, 18),
+    "medial_joint_line": (8, 15),
+    "lateral_joint_line": (8, 15),
+    "medial_epicondyle": (5, 12),
+    "lateral_epicondyle": (5, 12),
+    "adductor_tubercle": (8, 15),
+    "pes_anserinus": (8, 15),
+    "patellar_borders": (3, 8),
+}
+
+
+def _structure_mark_rows(
+    atlas: Atlas,
+    targets: _Targets,
+    rng: np.random.Generator,
+    site_list: list[int],
+    side_list: list[str],
+) -> dict[str, list[Any]]:
+    """Structure marks' columns, as :func:`_mark_rows` gives them for muscles.
+
+    Periosteal sites: periosteal electrical dry needling after Dunning 2018 (one insertion to
+    the bone, 2 Hz, intensity to tolerance, 15-30 min, 0.30 mm needles). The MPFL: mostly a
+    few pistoning passes, else a static or an electrical needle. Ligament and bone give no
+    twitch response and are no trigger points (``tp_status`` left empty).
+    """
+    n = len(site_list)
+    site = np.asarray(site_list, dtype=np.int64)
+    side = np.array([model.SIDES.index(x) for x in side_list], dtype=np.int64)
+    lookup = np.array(
+        [
+            [targets.key[(s, "anterior", sd)] for sd in model.SIDES]
+            for s in range(len(STRUCTURE_SITES))
+        ]
+    )
+    row = lookup[site, side]
+    xs, ys = _sample_positions(atlas, targets, row, rng)
+    region = targets.region[row]
+    reg_muscle = np.array([r.muscle for r in atlas.regions], dtype=object)[region]
+
+    ligament = reg_muscle == "mpfl"
+    tech = np.full(n, _TECHNIQUES.index("periosteal_electrical"), dtype=np.int64)
+    tech[ligament] = _pick(rng, int(ligament.sum()), [0.30, 0.55, 0.15, 0.0])
+    static, piston = tech == 0, tech == 1
+    electrical, periosteal = tech == 2, tech == 3
+    estim = electrical | periosteal
+
+    insertions = np.ones(n, dtype=np.int64)
+    insertions[piston] = rng.integers(2, 6, int(piston.sum()))
+    lo = np.array([_STRUCTURE_DEPTH_MM[m][0] for m in reg_muscle])
+    hi = np.array([_STRUCTURE_DEPTH_MM[m][1] for m in reg_muscle])
+    depth = np.round(lo + rng.random(n) * (hi - lo))
+    # 25 mm needles for the MPFL, 30 mm to the bone; a longer one now and then.
+    longer = rng.random(n) < 0.2
+    length = np.where(ligament, 25.0, 30.0) + np.where(longer, np.where(ligament, 5.0, 10.0), 0)
+    gauge = np.where(periosteal, 0.30, 0.25)
+    retention = np.zeros(n)
+    retention[static] = rng.integers(5, 16, int(static.sum()))
+    retention[electrical] = rng.integers(10, 21, int(electrical.sum()))
+    retention[periosteal] = rng.integers(15, 31, int(periosteal.sum()))
+    freq = np.where(periosteal, 2.0, np.where(rng.random(n) < 0.5, 2.0, 10.0))
+    intensity = np.round(1.0 + rng.random(n) * np.where(periosteal, 4.0, 3.0), 1)
+    referral = np.where(ligament, rng.random(n) < 0.3, False).astype(object)
+    referral[~ligament] = None  # a periosteal point has no referral pattern to reproduce
+
+    return {
+        "view": np.array(targets.view, dtype=object)[row].tolist(),
+        "x": xs.tolist(),
+        "y": ys.tolist(),
+        "muscle": reg_muscle.tolist(),
+        "side": np.array([r.side for r in atlas.regions], dtype=object)[region].tolist(),
+        "layer": np.array([r.layer for r in atlas.regions], dtype=object)[region].tolist(),
+        "atlas_version": [atlas.version] * n,
+        "muscle_overridden": [False] * n,
+        "technique": np.array(_TECHNIQUES, dtype=object)[tech].tolist(),
+        "insertions": insertions.tolist(),
+        "ltr_grade": ["none"] * n,
+        "ltr_count": [0] * n,
+        "depth_mm": depth.tolist(),
+        "needle_length_mm": length.tolist(),
+        "needle_gauge_mm": gauge.tolist(),
+        "retention_min": retention.tolist(),
+        "estim_frequency_hz": _none_where(freq, ~estim),
+        "estim_intensity_ma": _none_where(intensity, ~estim),
+        "estim_duration_min": _none_where(retention, ~estim),
+        "tp_status": [None] * n,
+        "referral_reproduced": referral.tolist(),
+        "note": [""] * n,
+    }
+
+
+def _merge_marks(
+    a: dict[str, list[Any]], a_session: list[int], b: dict[str, list[Any]], b_session: list[int]
+) -> tuple[dict[str, list[Any]], list[int]]:
+    """Both sets of mark columns in session order (stable: each session's muscle marks
+    first), so that marks are stored session by session as a clinician would add them."""
+    sessions = np.asarray(a_session + b_session, dtype=np.int64)
+    order = np.argsort(sessions, kind="stable")
+    merged = {}
+    for name in a:
+        column = np.empty(len(order), dtype=object)
+        column[:] = a[name] + b[name]
+        merged[name] = column[order].tolist()
+    return merged, sessions[order].tolist()
