@@ -7,8 +7,7 @@ folder, signs in through ``/login`` as the demo clinician *anna* and the demo re
 
 - ``annotate.png``: the clinician page, a knee osteoarthritis session with its marks;
 - ``annotate-structures.png``: the structures layer, the knee close up, periosteal marks;
-- ``outcomes.png`` and ``progress.png``: the episode's Outcomes and Progress tabs (the
-  latter 1024 x 1000, so that the whole tab shows);
+- ``outcomes.png`` and ``progress.png``: the episode's Outcomes and Progress tabs;
 - ``report.png``: the top of the session report the page's **Session report** button saves;
 - ``explore.png``: the researcher page.
 
@@ -31,7 +30,6 @@ from typing import Any
 
 DOCS = Path(__file__).resolve().parent
 VIEWPORT = {"width": 1024, "height": 768}
-PROGRESS_HEIGHT = 1000  # the Progress tab's whole height at 1024 px wide
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CLINICIAN, RESEARCHER = "anna", "rosa"
 SEED = 1
@@ -219,13 +217,9 @@ def clinician_pictures(browser: Any, base: str, subject: Subject, work: Path) ->
     _idle(page)
     _shot(page, "outcomes.png")
 
-    # The tab is taller than 768 px and scrolls inside the page: a taller window (same
-    # width) shows all of it, and the page lays itself out for that window.
     page.get_by_role("tab", name="Progress").click()
-    page.set_viewport_size({"width": VIEWPORT["width"], "height": PROGRESS_HEIGHT})
     _idle(page)
     _shot(page, "progress.png")
-    page.set_viewport_size(VIEWPORT)
 
     # The session report as the page's button saves it, opened as a browser would show it.
     page.get_by_role("tab", name="Session").click()

@@ -112,3 +112,34 @@ def test_progress_follows_the_episode(page, store):
     page.pickers.patient_select.value = str(other.id)
     assert "Open an episode" in page.progress.summary.text
     assert page.progress.marks_source.data["x"] == []
+
+
+def test_pain_and_scores_share_one_time_axis_covering_every_date(page):
+    page.tabs.active = page.PROGRESS_TAB
+    view = page.progress
+    [womac] = view.instruments.children
+    assert womac.x_range is view.nprs.x_range  # read down one date across the charts
+    start, end = view.dates.start, view.dates.end
+    assert start < dt.datetime(2026, 1, 5) and end > dt.datetime(2026, 2, 2)  # last WOMAC
+    assert end - start < dt.timedelta(days=60)
+
+
+def test_small_multiples_show_the_knee_close_up_when_only_the_knee_was_needled(store, clinician):
+    patient = store.create_patient({"code": "P-KNEE"}, "t")
+    episode = store.create_episode(
+        patient.id,
+        {"condition": "knee_osteoarthritis", "affected_side": "left", "start_date": "2026-01-01"},
+        "t",
+    )
+    session = store.create_session(episode.id, {"date": "2026-01-05", "clinician": "AB"}, "t")
+    for structure in ("mpfl", "medial_joint_line", "pes_anserinus"):
+        store.add_mark(session.id, mark_fields("anterior", structure, "left", "structures"), "t")
+    page = make_document(Document(), store=store, atlas=ATLAS, user=clinician)
+    page.pickers.patient_select.value = str(patient.id)
+    page.tabs.active = page.PROGRESS_TAB
+    view = page.progress
+    ys = [y for ring in view.outline_source.data["ys"] for y in ring]
+    body_height = ATLAS.bounds("anterior")[3] - ATLAS.bounds("anterior")[1]
+    assert max(ys) - min(ys) < 0.4 * body_height  # the knee, not the whole body
+    dots = view.marks_source.data["y"]
+    assert len(dots) == 3 and min(ys) < min(dots) and max(dots) < max(ys)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import shapely
 from bokeh.layouts import column
 from bokeh.models import (
     BoxAnnotation,
@@ -20,6 +21,8 @@ from bokeh.models import (
     Range1d,
 )
 from bokeh.plotting import figure
+from shapely.geometry import Polygon
+from shapely.geometry.base import BaseGeometry
 
 from tpmap import model
 from tpmap.apps.annotate._context import Context
@@ -31,18 +34,27 @@ BEFORE, AFTER, SCORE = "#173f7a", "#c4554c", "#1b6e53"
 BAND = "#7fb08f"
 _CELL_GAP = 4.0  # cm between views in a small multiple
 _CELL_TITLE = 14.0  # cm above each small multiple for its date
+#: The small multiples show the part of the body that was needled, this much around it (cm),
+#: and never less than _MIN_SPAN cm high: a knee close up when only the knee was needled.
+_CROP_MARGIN = 8.0
+_MIN_SPAN = 36.0
+_DEFAULT_START = dt.datetime(2026, 1, 1)
+_DEFAULT_END = dt.datetime(2026, 2, 1)
 
 
 def _days(dates: tuple[dt.date, ...]) -> list[dt.datetime]:
     return [dt.datetime.combine(d, dt.time()) for d in dates]
 
 
-def _time_figure(title: str, width: int, height: int, y: tuple[float, float]) -> figure:
+def _time_figure(
+    title: str, width: int, height: int, y: tuple[float, float], x_range: Range1d
+) -> figure:
     fig = figure(
         title=title,
         width=width,
         height=height,
         x_axis_type="datetime",
+        x_range=x_range,  # one time axis for pain and every instrument: read down a date
         y_range=Range1d(*y),
         toolbar_location=None,
         tools="",
@@ -65,7 +77,10 @@ class ProgressView:
         self.nprs_source = ColumnDataSource(
             {"date": [], "before": [], "after": [], "label": []}, name="progress-nprs"
         )
-        self.nprs = _time_figure("Pain (NPRS) before and after each session", w, 170, (0, 10.5))
+        self.dates = Range1d(start=_DEFAULT_START, end=_DEFAULT_END, name="progress-dates")
+        self.nprs = _time_figure(
+            "Pain (NPRS) before and after each session", w, 170, (0, 10.5), self.dates
+        )
         self.nprs_band = BoxAnnotation(fill_color=BAND, fill_alpha=0.18, line_alpha=0)
         self.nprs.add_layout(self.nprs_band)
         before = self.nprs.scatter(
@@ -83,7 +98,7 @@ class ProgressView:
             line_width=2,
             legend_label="after",
         )
-        self.nprs.legend.location = "bottom_left"
+        self.nprs.legend.location = "top_right"  # pain falls over an episode: room up there
         self.nprs.legend.background_fill_alpha = 0.7
         self.nprs.legend.orientation = "horizontal"
         self.nprs.legend.label_text_font_size = "10px"
@@ -203,6 +218,7 @@ class ProgressView:
             top=nprs.band[1] if nprs else None,
             visible=nprs is not None,
         )
+        self._frame_dates(progress)
         children = [self._instrument_figure(s) for key, s in series.items() if key != "nprs"]
         if list(self.instruments.children) != children:
             self.instruments.children = children
@@ -217,15 +233,25 @@ class ProgressView:
         self.summary.text = " ".join(lines)
         self._draw_sites(progress, marks)
 
+    def _frame_dates(self, progress: EpisodeProgress) -> None:
+        """Every session and every score in view, with a few days' room at each end."""
+        dates = [*progress.session_dates, *(d for s in progress.instruments for d in s.dates)]
+        first, last = min(dates), max(dates)
+        pad = max(3, (last - first).days // 20)
+        start = dt.datetime.combine(first - dt.timedelta(days=pad), dt.time())
+        end = dt.datetime.combine(last + dt.timedelta(days=pad), dt.time())
+        self.dates.update(start=start, end=end)
+
     def _instrument_figure(self, s: InstrumentSeries) -> figure:
         spec = s.instrument
         if spec.id not in self._instrument_figs:
             better = "lower" if spec.direction is model.Direction.LOWER_IS_BETTER else "higher"
             fig = _time_figure(
-                f"{spec.label} ({better} is better; band: one MCID of {spec.mcid:g})",
+                f"{spec.label} ({better} is better; band: MCID {spec.mcid:g})",
                 self.width - 20,
                 130,
                 (spec.minimum, spec.maximum * 1.05),
+                self.dates,
             )
             fig.name = f"progress-{spec.id}"
             band = BoxAnnotation(fill_color=BAND, fill_alpha=0.18, line_alpha=0)
@@ -263,7 +289,9 @@ class ProgressView:
             x += (x1 - x0) + _CELL_GAP
         cell_w = x + 6.0
         y0, y1 = min(atlas.bounds(v)[1] for v in views), max(atlas.bounds(v)[3] for v in views)
+        y0, y1 = _needled_span([m.y for m in marks if m.view in offsets], y0, y1)
         cell_h = (y1 - y0) + _CELL_TITLE
+        clipped = {v: _outline_rings(atlas.outline(v), y0, y1) for v in views}
         columns = max(1, min(4, int((self.width - 20) // 150)))
         order = list(reversed(progress.session_ids))  # newest first
         dates = dict(zip(progress.session_ids, progress.session_dates, strict=True))
@@ -277,12 +305,12 @@ class ProgressView:
             cx = (i % columns) * cell_w
             cy = -(i // columns) * cell_h
             for v in views:
-                geom = atlas.outline(v)
-                for poly in getattr(geom, "geoms", [geom]):
-                    xs, ys = poly.exterior.xy
+                for xs, ys in clipped[v]:
                     outlines["xs"].append([cx + offsets[v] + px for px in xs])
                     outlines["ys"].append([cy + py for py in ys])
-            session_marks = [m for m in by_session.get(session_id, []) if m.view in offsets]
+            session_marks = [
+                m for m in by_session.get(session_id, []) if m.view in offsets and y0 <= m.y <= y1
+            ]
             for m in session_marks:
                 dots["x"].append(cx + offsets[m.view] + m.x)
                 dots["y"].append(cy + m.y)
@@ -301,3 +329,33 @@ class ProgressView:
         height = int(40 + rows * (w / columns) * cell_h / cell_w)
         if self.sites.height != height:
             self.sites.height = height
+
+
+def _needled_span(ys: list[float], low: float, high: float) -> tuple[float, float]:
+    """The heights (cm) the small multiples show: where the marks are, with a margin."""
+    if not ys:
+        return low, high
+    lo, hi = min(ys) - _CROP_MARGIN, max(ys) + _CROP_MARGIN
+    if hi - lo < _MIN_SPAN:
+        middle = (lo + hi) / 2
+        lo, hi = middle - _MIN_SPAN / 2, middle + _MIN_SPAN / 2
+    # Shift rather than shrink at the ends of the body.
+    if lo < low:
+        lo, hi = low, min(high, hi + (low - lo))
+    if hi > high:
+        lo, hi = max(low, lo - (hi - high)), high
+    return lo, hi
+
+
+def _outline_rings(
+    outline: BaseGeometry, low: float, high: float
+) -> list[tuple[list[float], list[float]]]:
+    """The outline's rings cut to the heights ``low`` .. ``high``."""
+    x0, _, x1, _ = outline.bounds
+    cut = shapely.clip_by_rect(outline, x0 - 1, low, x1 + 1, high)
+    rings = []
+    for poly in shapely.get_parts(cut):
+        if isinstance(poly, Polygon) and not poly.is_empty:
+            xs, ys = poly.exterior.xy
+            rings.append((list(xs), list(ys)))
+    return rings
