@@ -248,8 +248,8 @@ def researcher_picture(browser: Any, base: str) -> None:
     # few for the disclosure rules to allow one condition's groups.)
     page.get_by_role("button", name="Density").click()
     # Bokeh's checkboxes have no accessible name (their text is not a <label>): by class.
-    page.locator(".tp-fold").get_by_role("checkbox").check()
-    page.locator(".tp-compare").get_by_role("checkbox").check()
+    page.get_by_role("checkbox", name="Fold to the affected side").check()
+    page.get_by_role("checkbox", name="Compare two groups").check()
     page.wait_for_function(
         "() => (Bokeh.documents[0].get_model_by_name('legend')?.text || '').includes('Group A')",
         timeout=120_000,

@@ -105,3 +105,15 @@ def test_a_hostile_clinician_name_is_shown_as_text(serve, page, tmp_path, monkey
     page.get_by_text(XSS, exact=True).first.wait_for()
     assert page.evaluate("() => window.__x") is None
     assert page.locator(".tp-clinicians img").count() == 0
+
+
+def test_the_checkboxes_are_named_for_screen_readers(explore):
+    page = explore
+    before = model_attr(page, "legend", "text")
+    fold = page.get_by_role(
+        "checkbox", name="Fold to the affected side (affected knee on the right)"
+    )
+    fold.check()  # found by its name, as assistive technology announces it
+    page.wait_for_function(f"before => ({LEGEND})() !== before", arg=before)
+    assert model_attr(page, "fold", "active") is True
+    assert page.get_by_label("Compare two groups").count() == 1

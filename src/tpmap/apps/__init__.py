@@ -6,9 +6,30 @@ import base64
 import html
 
 from bokeh.document import Document
-from bokeh.models import ColumnDataSource, CustomJS, Div
+from bokeh.models import Checkbox, ColumnDataSource, CustomJS, Div
 
-__all__ = ["Download", "signed_in_bar", "tag_widgets", "watch_connection"]
+__all__ = ["Download", "label_checkboxes", "signed_in_bar", "tag_widgets", "watch_connection"]
+
+# Bokeh draws a Checkbox as an <input> beside a <div> of text, not inside a <label>: a
+# screen reader announces "checkbox" with no name. The input gets its label as its name.
+_CHECKBOX_JS = """
+const apply = (tries) => {
+  const views = [...Bokeh.index.all_views()].filter(v => boxes.includes(v.model));
+  for (const v of views) {
+    const input = v.shadow_el?.querySelector("input[type=checkbox]");
+    if (input != null) input.setAttribute("aria-label", v.model.label);
+  }
+  if (views.length < boxes.length && tries > 0) setTimeout(() => apply(tries - 1), 50);
+};
+apply(100);
+"""
+
+
+def label_checkboxes(doc: Document) -> None:
+    """Name every ``Checkbox`` of ``doc`` by its label for assistive technology."""
+    boxes = [m for root in doc.roots for m in root.references() if isinstance(m, Checkbox)]
+    if boxes:
+        doc.js_on_event("document_ready", CustomJS(args={"boxes": boxes}, code=_CHECKBOX_JS))
 
 
 def tag_widgets(doc: Document) -> None:

@@ -46,7 +46,7 @@ from bokeh.models import (
 )
 
 from tpmap import model, research
-from tpmap.apps import Download, signed_in_bar, tag_widgets, watch_connection
+from tpmap.apps import Download, label_checkboxes, signed_in_bar, tag_widgets, watch_connection
 from tpmap.atlas import Atlas, load_atlas
 from tpmap.plotting import (
     VIEW_TITLES,
@@ -446,6 +446,7 @@ class ExplorePage:
         self.doc.add_root(self.download.source)  # not drawn, but it must reach the browser
         tag_widgets(self.doc)
         watch_connection(self.doc)
+        label_checkboxes(self.doc)
 
     def _on_k(self, _attr: str, _old: Any, new: Any) -> None:
         k = self.policy.k(new)
