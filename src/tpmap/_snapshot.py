@@ -126,10 +126,10 @@ COMPACT_SHARE = 0.02
 #: ... or when there are more parts than this.
 COMPACT_PARTS = 8
 
-_m: Table = MarkRow.__table__  # type: ignore[assignment]
-_s: Table = SessionRow.__table__  # type: ignore[assignment]
-_e: Table = EpisodeRow.__table__  # type: ignore[assignment]
-_c: Table = MarkChangeRow.__table__  # type: ignore[assignment]
+_m: Table = MarkRow.__table__
+_s: Table = SessionRow.__table__
+_e: Table = EpisodeRow.__table__
+_c: Table = MarkChangeRow.__table__
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
 #: String columns stored dictionary-encoded (they become pandas categoricals).
