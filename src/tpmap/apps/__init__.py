@@ -6,7 +6,8 @@ import base64
 import html
 
 from bokeh.document import Document
-from bokeh.models import ColumnDataSource, CustomJS, Div
+from bokeh.models import ColumnDataSource, CustomJS
+from bokeh.models.widgets import Div
 
 __all__ = ["Download", "signed_in_bar", "tag_widgets", "watch_connection"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bokeh.document import Document
 from bokeh.events import DoubleTap, Tap
 from bokeh.layouts import column, row
-from bokeh.models import Div, RadioButtonGroup
+from bokeh.models.widgets import Div, RadioButtonGroup
 
 from tpmap.atlas import Atlas, load_atlas
 from tpmap.plotting import VIEW_TITLES, atlas_figure

@@ -29,11 +29,10 @@ import numpy as np
 import pandas as pd
 from bokeh.document import Document
 from bokeh.layouts import column, row
-from bokeh.models import (
+from bokeh.models import ColumnDataSource, CustomJS
+from bokeh.models.widgets import (
     Button,
     Checkbox,
-    ColumnDataSource,
-    CustomJS,
     DataTable,
     DatePicker,
     Div,
