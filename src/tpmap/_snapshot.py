@@ -56,7 +56,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,7 +211,7 @@ def _marks_select(dialect: str) -> Select[Any]:
     )
 
 
-def _to_batch(rows: list[Any]) -> pa.Table:
+def _to_batch(rows: Sequence[Any]) -> pa.Table:
     """Arrow table of :data:`SNAPSHOT_SCHEMA` from database rows (tuples in that order)."""
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(SNAPSHOT_SCHEMA)
     arrays: list[pa.Array] = []

@@ -438,7 +438,12 @@ def site_centres(atlas: Atlas | None = None) -> dict[tuple[str, str, str], tuple
 
 def _targets(atlas: Atlas) -> _Targets:
     key: dict[tuple[int, str, str], int] = {}
-    region, views, layers, cx, cy, sd = [], [], [], [], [], []
+    region: list[int] = []
+    views: list[str] = []
+    layers: list[str] = []
+    cx: list[float] = []
+    cy: list[float] = []
+    sd: list[float] = []
     for s, site in enumerate(SITES):
         for kind, _w, fu, fy in site.views:
             for side in model.SIDES:
@@ -799,12 +804,12 @@ def generate_demo(
         outcome_rows.append((e, {"instrument": "nprs", "score": first_before, "date": ep_start}))
         outcome_rows.append((e, {"instrument": "nprs", "score": last_after, "date": end_date}))
         if people.instrument:
-            base, end = _outcome_scores(rng, people.instrument, responder)
+            score_base, score_end = _outcome_scores(rng, people.instrument, responder)
             outcome_rows.append(
-                (e, {"instrument": people.instrument, "score": base, "date": ep_start})
+                (e, {"instrument": people.instrument, "score": score_base, "date": ep_start})
             )
             outcome_rows.append(
-                (e, {"instrument": people.instrument, "score": end, "date": end_date})
+                (e, {"instrument": people.instrument, "score": score_end, "date": end_date})
             )
 
     last = max((row["date"] for row in session_rows), default=start)
