@@ -457,12 +457,14 @@ def _date(value: object, name: str, *, not_future: bool = True) -> dt.date:
         result = value
     elif isinstance(value, str):
         text = value.strip()
+        parsed: dt.date | None
         try:
-            result = dt.date.fromisoformat(text[:10]) if len(text) >= 10 else None
+            parsed = dt.date.fromisoformat(text[:10]) if len(text) >= 10 else None
         except ValueError:
-            result = None
-        if result is None:
+            parsed = None
+        if parsed is None:
             raise ValueError(f"{name} must be a date such as 2024-03-15")
+        result = parsed
     else:
         raise ValueError(f"{name} must be a date such as 2024-03-15")
     if not_future and result > _today():

@@ -1054,9 +1054,8 @@ def _who(f: research.Filters, n: int, policy: research.DisclosurePolicy) -> str:
         fmt: Callable[[dt.date], str] = (
             _months if policy.date_granularity == "month" else (lambda d: d.isoformat())
         )
-        # Filters made them dates (it takes ISO text too).
-        low = fmt(cast(dt.date, f.date_from)) if f.date_from else "the start"
-        high = fmt(cast(dt.date, f.date_to)) if f.date_to else "now"
+        low = fmt(f.date_from) if f.date_from else "the start"
+        high = fmt(f.date_to) if f.date_to else "now"
         parts.append(f"with a session between {low} and {high}")
     if len(parts) == 1:
         parts.append("in the filtered cohort")

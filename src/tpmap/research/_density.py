@@ -38,7 +38,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -162,7 +162,10 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
-def _parallel(fn: Callable[[int, int], object], n: int) -> list[object]:
+_T = TypeVar("_T")
+
+
+def _parallel(fn: Callable[[int, int], _T], n: int) -> list[_T]:
     """Run ``fn(start, stop)`` over ``range(n)`` split between threads when ``n`` is large."""
     parts = _threads() if n >= _PARALLEL else 1
     if parts == 1:
@@ -371,9 +374,9 @@ def _patient_codes(patient: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, 
         np.not_equal(patient[1:], patient[:-1], out=first[1:])
         codes = np.cumsum(first, dtype=np.int32) - 1
         return codes, None, int(codes[-1]) + 1
-    codes, uniques = pd.factorize(patient, sort=True)
-    order = stable_order(codes)
-    return codes[order].astype(np.int32), order, len(uniques)
+    factor_codes, uniques = pd.factorize(patient, sort=True)
+    order = stable_order(factor_codes)
+    return factor_codes[order].astype(np.int32), order, len(uniques)
 
 
 def patients_within(
@@ -398,7 +401,7 @@ def patients_within(
     n_chunks = -(-n_patients // per_chunk)
     # Flat bitmap index of every point: cell * words + the patient's word within the round.
     index_type = np.int32 if ny * nx * words < 2**31 else np.int64
-    flat_index = cells.astype(index_type) * words
+    flat_index: np.ndarray = cells.astype(index_type) * words
     flat_index += (codes & (words - 1)).astype(index_type, copy=False)
 
     def work(chunks: range) -> np.ndarray:
@@ -635,6 +638,7 @@ def density_grid(
     body = None if outside is None else ~outside
 
     n_dominated = 0
+    support: np.ndarray | None
     if weighting == "patients":
         counts = patients_within(codes, cells, n_patients, spec.shape, radius / cell)
         values = counts.astype(float)
@@ -668,6 +672,7 @@ def density_grid(
     visible = ~np.isnan(values)
     n_suppressed = 0
     if min_patients > 0:
+        assert support is not None  # computed whenever there is a floor
         small = (support < min_patients) & visible
         n_suppressed = int((small & (values > 0)).sum())
         values[small] = np.nan

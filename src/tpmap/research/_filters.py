@@ -138,8 +138,9 @@ class Filters:
     age_bands: tuple[str, ...] | None = None
     affected_sides: tuple[str, ...] | None = None
     responder: tuple[str, ...] | None = None
-    date_from: _dt.date | str | None = None
-    date_to: _dt.date | str | None = None
+    # Typed as what they hold: __post_init__ also takes ISO text and makes it a date.
+    date_from: _dt.date | None = None
+    date_to: _dt.date | None = None
     clinicians: tuple[str, ...] | None = None
     techniques: tuple[str, ...] | None = None
     ltr_grades: tuple[str, ...] | None = None
@@ -391,7 +392,9 @@ class Evaluation:
         rows = self.mark_row if dim.level == "episode" else self.mark_session
         return _take_codes(dim.codes, rows)
 
-    def _dim_mask(self, dim: Dimension, override: Mapping[str, np.ndarray | None] | None):
+    def _dim_mask(
+        self, dim: Dimension, override: Mapping[str, np.ndarray | None] | None
+    ) -> np.ndarray:
         if override is not None and dim.name in override:
             selected = override[dim.name]
             if selected is None:  # the filter lifted
