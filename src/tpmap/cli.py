@@ -14,7 +14,7 @@ from tpmap.model import CONDITIONS, KINDS, LAYERS, SEXES, TECHNIQUES, VIEWS
 
 if TYPE_CHECKING:
     from tpmap.auth import Secret
-    from tpmap.store import Store
+    from tpmap.store import AuditEntry, Store
 
 __all__ = ["main"]
 
@@ -298,7 +298,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print("No audit entries match.")
         return 0
 
-    def details(e) -> str:  # type: ignore[no-untyped-def]
+    def details(e: AuditEntry) -> str:
         parts = []
         if e.target:
             parts.append(e.target)

@@ -17,7 +17,10 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "ADVERSE_EVENT_FIELDS",
@@ -1073,8 +1076,8 @@ def validate_outcome_fields(
 # --------------------------------------------------------------------------------------------
 
 
-def _clean_into(obj: object, validator: Callable[..., dict[str, Any]]) -> None:
-    raw = {f.name: getattr(obj, f.name) for f in fields(obj)}  # type: ignore[arg-type]
+def _clean_into(obj: DataclassInstance, validator: Callable[..., dict[str, Any]]) -> None:
+    raw = {f.name: getattr(obj, f.name) for f in fields(obj)}
     for name, value in validator(raw).items():
         # Frozen dataclass: object.__setattr__ is the sanctioned way to finish __post_init__.
         object.__setattr__(obj, name, value)

@@ -38,7 +38,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -435,12 +435,26 @@ def patients_within(
 DEFAULT_CELL = 0.5
 
 
-def view_grids(atlas: object, cell: float = DEFAULT_CELL) -> dict[str, GridSpec]:
+class ViewBounds(Protocol):
+    """What :func:`view_grids` needs of an atlas: its views and each one's bounds."""
+
+    @property
+    def views(self) -> Sequence[str]: ...
+
+    def bounds(self, view: str) -> tuple[float, float, float, float]: ...
+
+
+class GridPerturbation(Protocol):
+    """Noise for a density grid's shown cells (the disclosure policy's cell key)."""
+
+    def perturb_grid(
+        self, values: np.ndarray, weighting: str, sigma_cells: float, *, floor: int
+    ) -> np.ndarray: ...
+
+
+def view_grids(atlas: ViewBounds, cell: float = DEFAULT_CELL) -> dict[str, GridSpec]:
     """The grid of each view of ``atlas`` (anything with ``views`` and ``bounds(view)``)."""
-    return {
-        view: GridSpec.from_bounds(atlas.bounds(view), cell)  # type: ignore[attr-defined]
-        for view in atlas.views  # type: ignore[attr-defined]
-    }
+    return {view: GridSpec.from_bounds(atlas.bounds(view), cell) for view in atlas.views}
 
 
 def view_cells(marks: pd.DataFrame, grids: dict[str, GridSpec]) -> np.ndarray:
@@ -551,7 +565,7 @@ def density_grid(
     min_patients: int = 5,
     dominance: float = 0.5,
     support_radius: float | None = None,
-    perturbation: object | None = None,
+    perturbation: GridPerturbation | None = None,
     cells: np.ndarray | None = None,
 ) -> DensityGrid:
     """The density map of the marks of one ``view`` on a grid over ``bounds`` (cm).
@@ -682,9 +696,7 @@ def density_grid(
     values[hide] = np.nan
     perturbed = False
     if perturbation is not None:
-        values = perturbation.perturb_grid(  # type: ignore[attr-defined]
-            values, weighting, sigma / cell, floor=min_patients
-        )
+        values = perturbation.perturb_grid(values, weighting, sigma / cell, floor=min_patients)
         perturbed = True
     return DensityGrid(
         spec=spec,
@@ -849,7 +861,7 @@ def difference_grid(
     *,
     n_cohort_a: int | None = None,
     n_cohort_b: int | None = None,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> DifferenceGrid:
     """Density of A minus density of B, each in percent of its own cohort's patients.
 
@@ -867,8 +879,8 @@ def difference_grid(
     from tpmap.research._frames import patient_count
     from tpmap.research._proportions import counted_marks
 
-    grid_a = density_grid(counted_marks(marks_a, cohort_a), view, **kwargs)  # type: ignore[arg-type]
-    grid_b = density_grid(counted_marks(marks_b, cohort_b), view, **kwargs)  # type: ignore[arg-type]
+    grid_a = density_grid(counted_marks(marks_a, cohort_a), view, **kwargs)
+    grid_b = density_grid(counted_marks(marks_b, cohort_b), view, **kwargs)
     n_a = patient_count(cohort_a) if n_cohort_a is None else int(n_cohort_a)
     n_b = patient_count(cohort_b) if n_cohort_b is None else int(n_cohort_b)
     if n_a == 0 or n_b == 0:

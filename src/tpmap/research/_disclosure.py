@@ -90,7 +90,7 @@ def _parse_k(value: object) -> int | None:
     if value is None or isinstance(value, bool):
         return None
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]  # any value may come: float() decides
     except (TypeError, ValueError):
         return None
     if not math.isfinite(number):

@@ -403,11 +403,16 @@ class Evaluation:
         return dim.mask()
 
 
-def _dimension(name: str, level: str, values: pd.Series, wanted: tuple[object, ...]) -> Dimension:
+def _dimension(
+    name: str,
+    level: Literal["episode", "session", "mark"],
+    values: pd.Series,
+    wanted: tuple[object, ...],
+) -> Dimension:
     codes, labels = category_codes(values)
     want = {str(v) for v in wanted}
     selected = np.array([lab in want for lab in labels], dtype=bool)
-    return Dimension(name, level, codes, labels, selected)  # type: ignore[arg-type]
+    return Dimension(name, level, codes, labels, selected)
 
 
 def category_codes(values: pd.Series) -> tuple[np.ndarray, tuple[str, ...]]:

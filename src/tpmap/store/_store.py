@@ -20,7 +20,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from sqlalchemy import (
     Engine,
@@ -1338,6 +1338,36 @@ class Store(AccountsMixin):
 
     # -- bulk ----------------------------------------------------------------------------------
 
+    @overload
+    def _bulk(
+        self,
+        table: Table,
+        rows: Iterable[Mapping[str, Any]],
+        validator: Callable[..., dict[str, Any]] | None,
+        *,
+        parent: str | None,
+        stamp: Mapping[str, Any],
+        returning: Literal[True],
+        chunk_size: int,
+        user: str,
+        passthrough: tuple[str, ...] = (),
+    ) -> list[int]: ...
+
+    @overload
+    def _bulk(
+        self,
+        table: Table,
+        rows: Iterable[Mapping[str, Any]],
+        validator: Callable[..., dict[str, Any]] | None,
+        *,
+        parent: str | None,
+        stamp: Mapping[str, Any],
+        returning: Literal[False],
+        chunk_size: int,
+        user: str,
+        passthrough: tuple[str, ...] = (),
+    ) -> int: ...
+
     def _bulk(
         self,
         table: Table,
@@ -1384,11 +1414,11 @@ class Store(AccountsMixin):
         count = 0
         with self._write() as conn:
             for chunk in _chunks(rows, chunk_size):
-                cleaned: list[dict[str, Any]] = []
+                cleaned: list[Mapping[str, Any]] = []
                 for number, raw in enumerate(chunk, start=count):
                     if validator is None:
                         # Trusted rows go in as they are; the database checks keys and types.
-                        cleaned.append(raw)  # type: ignore[arg-type]
+                        cleaned.append(raw)
                         continue
                     fields = dict(raw)
                     extra = {k: fields.pop(k) for k in (parent, *passthrough) if k in fields}
@@ -1442,7 +1472,7 @@ class Store(AccountsMixin):
             user=who,
             passthrough=("clinic_id",),
         )
-        return result  # type: ignore[return-value]
+        return result
 
     def bulk_insert_episodes(
         self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
@@ -1459,7 +1489,7 @@ class Store(AccountsMixin):
             chunk_size=_CHUNK,
             user=user_name(user),
         )
-        return result  # type: ignore[return-value]
+        return result
 
     def bulk_insert_sessions(
         self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
@@ -1476,7 +1506,7 @@ class Store(AccountsMixin):
             chunk_size=_CHUNK,
             user=user_name(user),
         )
-        return result  # type: ignore[return-value]
+        return result
 
     def bulk_insert_marks(
         self,
@@ -1505,7 +1535,7 @@ class Store(AccountsMixin):
             chunk_size=chunk_size,
             user=user_name(user),
         )
-        return result  # type: ignore[return-value]
+        return result
 
     def bulk_insert_outcomes(
         self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
@@ -1521,7 +1551,7 @@ class Store(AccountsMixin):
             chunk_size=_CHUNK,
             user=user_name(user),
         )
-        return result  # type: ignore[return-value]
+        return result
 
     def bulk_insert_pressure_pain_thresholds(
         self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
@@ -1537,7 +1567,7 @@ class Store(AccountsMixin):
             chunk_size=_CHUNK,
             user=user_name(user),
         )
-        return result  # type: ignore[return-value]
+        return result
 
     def bulk_insert_adverse_events(
         self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
@@ -1553,7 +1583,7 @@ class Store(AccountsMixin):
             chunk_size=_CHUNK,
             user=user_name(user),
         )
-        return result  # type: ignore[return-value]
+        return result
 
     def counts(self) -> dict[str, int]:
         """Row counts per table (not counting deleted rows), for status lines and tests."""
