@@ -39,6 +39,7 @@ chromium:
 lint: dev
 	$(BIN)/ruff check src tests bench docs
 	$(BIN)/ruff format --check src tests bench docs
+	$(BIN)/mypy
 
 format: dev
 	$(BIN)/ruff format src tests bench docs

@@ -152,3 +152,17 @@ def test_report_writes_a_sessions_report(tmp_path, capsys):
         args = ["report", "--db", url, "--session", str(session.id), "--out", str(pdf)]
         assert main(args) == 0
         assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_heatmap_without_db_reads_the_default_database_as_demo_writes_it(
+    tmp_path, capsys, monkeypatch
+):
+    # conftest points the user's data folder into a temporary one: the default database.
+    monkeypatch.delenv("TPMAP_DATABASE_URL", raising=False)
+    out = tmp_path / "fig.html"
+    assert main(["heatmap", "--out", str(out)]) == 1  # nothing there yet: a message
+    assert "tpmap heatmap:" in capsys.readouterr().err
+    assert main(["demo", "--patients", "30", "--seed", "2"]) == 0
+    capsys.readouterr()
+    assert main(["heatmap", "--out", str(out)]) == 0
+    assert "patients, k = 5" in capsys.readouterr().out

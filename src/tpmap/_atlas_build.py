@@ -33,6 +33,7 @@ import numpy as np
 import shapely
 from shapely import affinity
 from shapely.geometry import LineString, Point, Polygon, box, mapping
+from shapely.geometry.base import BaseGeometry
 
 from tpmap.model import KINDS, LAYERS, Kind, Layer
 
@@ -51,7 +52,9 @@ def source_path() -> Path:
     return assets_dir() / "atlas_source.toml"
 
 
-def catmull_rom(points: Sequence[Sequence[float]], *, closed: bool, samples: int = SAMPLES):
+def catmull_rom(
+    points: Sequence[Sequence[float]], *, closed: bool, samples: int = SAMPLES
+) -> np.ndarray:
     """Sample a centripetal Catmull-Rom spline through ``points``.
 
     Centripetal parametrisation (alpha = 0.5) never overshoots into cusps or loops, so a
@@ -85,9 +88,9 @@ def catmull_rom(points: Sequence[Sequence[float]], *, closed: bool, samples: int
     for i in range(len(ext) - 3):
         p0, p1, p2, p3 = ext[i : i + 4]
         t0 = 0.0
-        t1 = t0 + max(np.linalg.norm(p1 - p0) ** 0.5, 1e-9)
-        t2 = t1 + max(np.linalg.norm(p2 - p1) ** 0.5, 1e-9)
-        t3 = t2 + max(np.linalg.norm(p3 - p2) ** 0.5, 1e-9)
+        t1 = t0 + max(float(np.linalg.norm(p1 - p0)) ** 0.5, 1e-9)
+        t2 = t1 + max(float(np.linalg.norm(p2 - p1)) ** 0.5, 1e-9)
+        t3 = t2 + max(float(np.linalg.norm(p3 - p2)) ** 0.5, 1e-9)
         t = np.linspace(t1, t2, samples, endpoint=False)[:, None]
         a1 = (t1 - t) / (t1 - t0) * p0 + (t - t0) / (t1 - t0) * p1
         a2 = (t2 - t) / (t2 - t1) * p1 + (t - t1) / (t2 - t1) * p2
@@ -100,7 +103,7 @@ def catmull_rom(points: Sequence[Sequence[float]], *, closed: bool, samples: int
     return np.vstack(out)
 
 
-def _strap(points: Sequence[Sequence[float]], widths: Sequence[float]) -> Polygon:
+def _strap(points: Sequence[Sequence[float]], widths: Sequence[float]) -> BaseGeometry:
     """A strap or fusiform belly: a smoothed centreline with a varying half-width."""
     if len(points) != len(widths):
         raise ValueError("a strap needs one width per centreline point")
@@ -119,8 +122,11 @@ def _strap(points: Sequence[Sequence[float]], widths: Sequence[float]) -> Polygo
     return shapely.make_valid(Polygon(ring)).buffer(0.3, quad_segs=4).buffer(-0.3, quad_segs=4)
 
 
-def make_shape(spec: dict[str, Any]) -> Polygon:
-    """Turn one shape description of the source into a polygon (not yet clipped)."""
+def make_shape(spec: dict[str, Any]) -> BaseGeometry:
+    """Turn one shape description of the source into a polygon (not yet clipped).
+
+    Typed as any geometry: shapely types what make_valid and buffer return so.
+    """
     kind = spec["kind"]
     if kind == "blob":
         return shapely.make_valid(Polygon(catmull_rom(spec["points"], closed=True)))
@@ -136,7 +142,7 @@ def make_shape(spec: dict[str, Any]) -> Polygon:
     raise ValueError(f"unknown shape kind {kind!r}")
 
 
-def _landmark_geometry(spec: dict[str, Any]):
+def _landmark_geometry(spec: dict[str, Any]) -> BaseGeometry:
     kind = spec["kind"]
     if kind == "point":
         return Point(*spec["at"])
@@ -145,7 +151,7 @@ def _landmark_geometry(spec: dict[str, Any]):
     return make_shape(spec)
 
 
-def _largest(geom) -> Polygon:
+def _largest(geom: BaseGeometry) -> Polygon:
     """Keep the largest polygon of an overlay result (drops slivers of a few grid cells)."""
     if isinstance(geom, Polygon):
         return geom
@@ -155,7 +161,7 @@ def _largest(geom) -> Polygon:
     return max(polys, key=lambda g: g.area)
 
 
-def _snap(geom):
+def _snap(geom: BaseGeometry) -> BaseGeometry:
     return shapely.set_precision(geom, GRID)
 
 
@@ -177,18 +183,18 @@ def _placements(name: str, spec: dict[str, Any]) -> list[_Placement]:
     return [_Placement(name, authored, sign), _Placement(name, other, -sign)]
 
 
-def _place(geom, sign: float):
+def _place(geom: BaseGeometry, sign: float) -> BaseGeometry:
     # Scaling by +-1 about x = 0 is exact in floating point, so sides mirror exactly.
     return geom if sign == 1 else affinity.scale(geom, -1.0, 1.0, origin=(0.0, 0.0))
 
 
-def _rounded(coords) -> list:
+def _rounded(coords: Any) -> list[Any]:
     if isinstance(coords, tuple | list) and coords and isinstance(coords[0], float | int):
         return [round(float(c), 3) for c in coords]
     return [_rounded(c) for c in coords]
 
 
-def _geojson(geom) -> dict[str, Any]:
+def _geojson(geom: BaseGeometry) -> dict[str, Any]:
     m = mapping(geom)
     return {"type": m["type"], "coordinates": _rounded(m["coordinates"])}
 
@@ -274,7 +280,7 @@ def build_atlas(source: Path | None = None) -> dict[str, Any]:
         authored: list[tuple[str, str, Polygon]] = []
         for layer in LAYERS:
             available = outline if layer == Layer.STRUCTURES else muscle_area
-            taken = Polygon()
+            taken: BaseGeometry = Polygon()
             for s in vspec["shapes"]:
                 if _layer_of(s) != layer:
                     continue

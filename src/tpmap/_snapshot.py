@@ -56,7 +56,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,10 +126,10 @@ COMPACT_SHARE = 0.02
 #: ... or when there are more parts than this.
 COMPACT_PARTS = 8
 
-_m: Table = MarkRow.__table__  # type: ignore[assignment]
-_s: Table = SessionRow.__table__  # type: ignore[assignment]
-_e: Table = EpisodeRow.__table__  # type: ignore[assignment]
-_c: Table = MarkChangeRow.__table__  # type: ignore[assignment]
+_m: Table = MarkRow.__table__
+_s: Table = SessionRow.__table__
+_e: Table = EpisodeRow.__table__
+_c: Table = MarkChangeRow.__table__
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
 #: String columns stored dictionary-encoded (they become pandas categoricals).
@@ -211,7 +211,7 @@ def _marks_select(dialect: str) -> Select[Any]:
     )
 
 
-def _to_batch(rows: list[Any]) -> pa.Table:
+def _to_batch(rows: Sequence[Any]) -> pa.Table:
     """Arrow table of :data:`SNAPSHOT_SCHEMA` from database rows (tuples in that order)."""
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(SNAPSHOT_SCHEMA)
     arrays: list[pa.Array] = []

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import shapely
@@ -483,7 +483,8 @@ class Atlas:
                     side=r["side"],
                     view=r["view"],
                     layer=r["layer"],
-                    polygon=shape(r["geometry"]),
+                    # One polygon per region: the build keeps each region's largest part.
+                    polygon=cast(Polygon, shape(r["geometry"])),
                     parent=r.get("parent"),
                     uberon=r.get("uberon"),
                     fma=r.get("fma"),
@@ -497,7 +498,9 @@ class Atlas:
             for lm in data["landmarks"]
         )
         self._outlines = {v: shape(d["outline"]) for v, d in data["views"].items()}
-        self._bounds = {v: tuple(d["bounds"]) for v, d in data["views"].items()}
+        self._bounds: dict[str, tuple[float, float, float, float]] = {
+            v: tuple(d["bounds"]) for v, d in data["views"].items()
+        }
         self.views: tuple[str, ...] = tuple(v for v in VIEWS if v in self._outlines)
         #: Every region id (muscles and structures), in atlas order.
         self.muscles: tuple[str, ...] = tuple(dict.fromkeys(r.muscle for r in regions))
@@ -516,7 +519,7 @@ class Atlas:
 
     def bounds(self, view: str) -> tuple[float, float, float, float]:
         """``(xmin, ymin, xmax, ymax)`` of the silhouette of ``view``, in centimetres."""
-        return self._bounds[self._check_view(view)]  # type: ignore[return-value]
+        return self._bounds[self._check_view(view)]
 
     def muscle_name(self, muscle: str) -> str:
         """Display name of a region id, e.g. ``"vmo"`` -> ``"Vastus medialis obliquus"``.

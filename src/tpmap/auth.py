@@ -26,9 +26,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tpmap import model
 from tpmap.model import ValidationError
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
 
 __all__ = [
     "MIN_PASSWORD_LENGTH",
@@ -186,7 +190,7 @@ def validate_roles(values: Iterable[object]) -> frozenset[str]:
 # -- passwords ---------------------------------------------------------------------------------
 
 
-def _hasher():  # type: ignore[no-untyped-def]
+def _hasher() -> PasswordHasher:
     # argon2-cffi's defaults (RFC 9106 low-memory profile, argon2id); imported lazily so that
     # reading the database for research never loads it.
     from argon2 import PasswordHasher

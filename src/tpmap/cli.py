@@ -7,9 +7,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from tpmap.auth import ROLES
 from tpmap.model import CONDITIONS, KINDS, LAYERS, SEXES, TECHNIQUES, VIEWS
+
+if TYPE_CHECKING:
+    from tpmap.auth import Secret
+    from tpmap.store import AuditEntry, Store
 
 __all__ = ["main"]
 
@@ -29,13 +34,13 @@ def _db(args: argparse.Namespace) -> str | None:
     return args.db or os.environ.get("TPMAP_DATABASE_URL") or None
 
 
-def _secret(args: argparse.Namespace):  # -> tpmap.auth.Secret
+def _secret(args: argparse.Namespace) -> Secret:
     from tpmap.auth import load_secret
 
     return load_secret(secret_file=getattr(args, "secret_file", None))
 
 
-def _open(args: argparse.Namespace):  # -> tpmap.store.Store
+def _open(args: argparse.Namespace) -> Store:
     """The store for ``--db``, keyed with the server secret (``--secret-file``/TPMAP_SECRET)."""
     from tpmap.store import open_store
 
@@ -105,12 +110,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_demo(url: str | None, *, seed: int, secret: object = None):
+def _ensure_demo(url: str | None, *, seed: int, secret: Secret | None = None) -> Store:
     """Open the store; fill it with the demo cohort when it holds no patients yet."""
     from tpmap.demo import create_demo_accounts, demo_accounts_text
     from tpmap.store import open_store
 
-    store = open_store(url, secret=secret)  # type: ignore[arg-type]
+    store = open_store(url, secret=secret)
     if store.counts()["patients"] == 0:
         from tpmap.demo import generate_demo
 
@@ -293,7 +298,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print("No audit entries match.")
         return 0
 
-    def details(e) -> str:  # type: ignore[no-untyped-def]
+    def details(e: AuditEntry) -> str:
         parts = []
         if e.target:
             parts.append(e.target)
@@ -360,6 +365,7 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
     from tpmap import research
     from tpmap.atlas import load_atlas
     from tpmap.plotting import density_map, export, muscle_map
+    from tpmap.store import default_database_url
 
     # A figure for others to see: the researcher's disclosure policy, whatever is asked.
     policy = research.DisclosurePolicy.for_role("researcher")
@@ -367,13 +373,15 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
     if args.min_patients is not None and args.min_patients < k:
         print(f"tpmap heatmap: k cannot be below {k}: using {k}.", file=sys.stderr)
     atlas = load_atlas()
+    # The same database every other command opens without --db: the default one.
+    url = _db(args) or default_database_url()
     try:
-        data = research.load_dataset(_db(args), snapshot=args.snapshot_dir)
+        data = research.load_dataset(url, snapshot=args.snapshot_dir)
     except ValueError as exc:
         print(f"tpmap heatmap: {exc}", file=sys.stderr)
         return 1
     # The server's perturbation key for this database: the same figure gets the same noise.
-    shared = research.SharedDataset(_db(args), snapshot=args.snapshot_dir)
+    shared = research.SharedDataset(url, snapshot=args.snapshot_dir)
     noise = shared.cell_key
     shared.close()
     filters = policy.coarsen(
@@ -661,7 +669,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tpmap`` command line."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    subparsers = parser._subparsers
+    assert subparsers is not None  # build_parser adds the sub-commands
+    # argparse types an action's choices loosely; the sub-commands' is a dict by name.
+    commands = cast("dict[str, argparse.ArgumentParser]", subparsers._group_actions[0].choices)
     if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]  # like datasette: the default is to serve
     args = parser.parse_args(argv)

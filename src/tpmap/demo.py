@@ -511,7 +511,12 @@ def site_centres(atlas: Atlas | None = None) -> dict[tuple[str, str, str], tuple
 
 def _targets(atlas: Atlas, sites: Sequence[Site] = SITES) -> _Targets:
     key: dict[tuple[int, str, str], int] = {}
-    region, views, layers, cx, cy, sd = [], [], [], [], [], []
+    region: list[int] = []
+    views: list[str] = []
+    layers: list[str] = []
+    cx: list[float] = []
+    cy: list[float] = []
+    sd: list[float] = []
     for s, site in enumerate(sites):
         for kind, _w, fu, fy in site.views:
             for side in model.SIDES:
@@ -924,10 +929,12 @@ def generate_demo(
         ]
         if srng.random() < LOST_TO_FOLLOW_UP:
             visits = visits[: int(srng.integers(0, 2))]
-        for instrument, base, end in scores:
-            outcome_rows.append((e, {"instrument": instrument, "score": base, "date": ep_start}))
+        for instrument, score_base, score_end in scores:
+            outcome_rows.append(
+                (e, {"instrument": instrument, "score": score_base, "date": ep_start})
+            )
             for date_v, progress in zip(visits, _FOLLOW_UP_PROGRESS, strict=False):
-                score = _follow_up_score(srng, instrument, base, end, progress)
+                score = _follow_up_score(srng, instrument, score_base, score_end, progress)
                 outcome_rows.append((e, {"instrument": instrument, "score": score, "date": date_v}))
 
     last = max(

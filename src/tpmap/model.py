@@ -17,7 +17,10 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "ADVERSE_EVENT_FIELDS",
@@ -457,12 +460,14 @@ def _date(value: object, name: str, *, not_future: bool = True) -> dt.date:
         result = value
     elif isinstance(value, str):
         text = value.strip()
+        parsed: dt.date | None
         try:
-            result = dt.date.fromisoformat(text[:10]) if len(text) >= 10 else None
+            parsed = dt.date.fromisoformat(text[:10]) if len(text) >= 10 else None
         except ValueError:
-            result = None
-        if result is None:
+            parsed = None
+        if parsed is None:
             raise ValueError(f"{name} must be a date such as 2024-03-15")
+        result = parsed
     else:
         raise ValueError(f"{name} must be a date such as 2024-03-15")
     if not_future and result > _today():
@@ -1071,8 +1076,8 @@ def validate_outcome_fields(
 # --------------------------------------------------------------------------------------------
 
 
-def _clean_into(obj: object, validator: Callable[..., dict[str, Any]]) -> None:
-    raw = {f.name: getattr(obj, f.name) for f in fields(obj)}  # type: ignore[arg-type]
+def _clean_into(obj: DataclassInstance, validator: Callable[..., dict[str, Any]]) -> None:
+    raw = {f.name: getattr(obj, f.name) for f in fields(obj)}
     for name, value in validator(raw).items():
         # Frozen dataclass: object.__setattr__ is the sanctioned way to finish __post_init__.
         object.__setattr__(obj, name, value)

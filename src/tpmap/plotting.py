@@ -16,25 +16,32 @@ import shutil
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from bokeh.layouts import column, row
 from bokeh.models import (
     BasicTicker,
-    ColorBar,
     ColumnDataSource,
     HoverTool,
     LayoutDOM,
     LinearColorMapper,
+    Range1d,
 )
+from bokeh.models.annotations import ColorBar, Title
+from bokeh.models.renderers import DataRenderer
 from bokeh.palettes import RdBu11, interp_palette
 from bokeh.plotting import figure
-from shapely.geometry import box
+from shapely.geometry import Point, Polygon, box
+from shapely.geometry.base import BaseGeometry
 from shapely.ops import polylabel
 
 from tpmap.atlas import Atlas, Region
 from tpmap.model import KIND_LABELS, VIEW_LABELS
+
+if TYPE_CHECKING:
+    from bokeh.models.sources import DataDict
+    from selenium.webdriver import Chrome
 
 __all__ = [
     "KNEE_CLOSE_UPS",
@@ -44,9 +51,11 @@ __all__ = [
     "VIEW_TITLES",
     "atlas_figure",
     "atlas_overview",
+    "column_data",
     "density_map",
     "difference_map",
     "export",
+    "figure_title",
     "image_map",
     "muscle_map",
     "region_source_data",
@@ -91,8 +100,24 @@ MUSCLE_COLOURS = {
 _DEFAULT_MUSCLE = "#c8625a"
 
 
-def _rings(geom) -> tuple[list[list[float]], list[list[float]]]:
-    parts = getattr(geom, "geoms", [geom])
+def column_data(data: dict[str, list[Any]]) -> DataDict:
+    """``data``, a dict of list columns, as the type Bokeh declares a source's data.
+
+    It already is one: Bokeh types the dict's values as a union of column kinds, and a dict is
+    invariant in its values, so a checker would not take a dict of lists for it. No copy.
+    """
+    return cast("DataDict", data)
+
+
+def figure_title(fig: figure) -> Title:
+    """The title model of a figure made by ``figure()`` (which always makes one; Bokeh's
+    type for ``Plot.title`` also allows the text or None it is given as)."""
+    return cast(Title, fig.title)
+
+
+def _rings(geom: BaseGeometry) -> tuple[list[list[float]], list[list[float]]]:
+    # A Polygon or a MultiPolygon's parts.
+    parts: Sequence[Polygon] = getattr(geom, "geoms", [geom])
     xs = [list(p.exterior.xy[0]) for p in parts]
     ys = [list(p.exterior.xy[1]) for p in parts]
     return xs, ys
@@ -224,8 +249,8 @@ def atlas_figure(
     aspect = (xmax - xmin + 2 * pad) / (ymax - ymin + 2 * pad)
     fig = figure(
         title=title if title is not None else VIEW_TITLES[view],
-        x_range=(xmin - pad, xmax + pad),
-        y_range=(ymin - pad, ymax + pad),
+        x_range=Range1d(start=xmin - pad, end=xmax + pad),
+        y_range=Range1d(start=ymin - pad, end=ymax + pad),
         height=height,
         width=max(int(height * aspect) + 20, 160),
         match_aspect=True,
@@ -238,22 +263,24 @@ def atlas_figure(
     )
     fig.axis.visible = False
     fig.grid.visible = False
-    fig.title.text_font_size = "14px"
+    figure_title(fig).text_font_size = "14px"
 
     xs, ys = _rings(atlas.outline(view))
     fig.patches(xs, ys, fill_color=SKIN, line_color="#8a6f5a", line_width=1.2)
 
     # Every layer is drawn; those not asked for are hidden, so a page can switch layers
     # by toggling visibility instead of rebuilding the figure.
-    muscle_renderers = []
+    muscle_renderers: list[DataRenderer] = []
     sources: dict[str, ColumnDataSource] = {}
     for lay in ("deep", "superficial"):
         regions_l = atlas.regions_in(view, lay)
         if not regions_l:
             continue
-        sources[lay] = ColumnDataSource(region_source_data(regions_l), name=f"muscle-source-{lay}")
+        sources[lay] = ColumnDataSource(
+            column_data(region_source_data(regions_l)), name=f"muscle-source-{lay}"
+        )
         muscle_renderers.append(
-            fig.patches(
+            fig.patches(  # type: ignore[call-arg]  # Bokeh's stubs lack hover_line_width
                 "xs",
                 "ys",
                 source=sources[lay],
@@ -288,11 +315,11 @@ def atlas_figure(
     structure_regions = atlas.regions_in(view, "structures") if structures is not False else []
     structure_renderer = None
     if structure_regions:
-        structure_renderer = fig.patches(
+        structure_renderer = fig.patches(  # type: ignore[call-arg]  # see muscles' patches
             "xs",
             "ys",
             source=ColumnDataSource(
-                structure_source_data(structure_regions), name="structure-source"
+                column_data(structure_source_data(structure_regions)), name="structure-source"
             ),
             fill_color="colour",
             fill_alpha=0.95,
@@ -319,7 +346,7 @@ def atlas_figure(
             regions = [r for r in regions if r.polygon.intersects(box(*extent))]
         # The pole of inaccessibility sits deepest inside the shape: labels stay on it.
         pts = [polylabel(r.polygon, tolerance=0.05) for r in regions]
-        fig.text(
+        fig.text(  # type: ignore[call-arg]  # Bokeh's stubs lack the text's background_fill_*
             [p.x for p in pts],
             [p.y for p in pts],
             [r.short for r in regions],
@@ -479,8 +506,8 @@ def muscle_map(
     mapper = LinearColorMapper(
         palette=SEQUENTIAL, low=0, high=1, nan_color=NOT_SHOWN, name="map-mapper"
     )
-    source = ColumnDataSource(data, name="map-source")
-    patches = fig.patches(
+    source = ColumnDataSource(column_data(data), name="map-source")
+    patches = fig.patches(  # type: ignore[call-arg]  # Bokeh's stubs lack hover_line_width
         "xs",
         "ys",
         source=source,
@@ -500,6 +527,7 @@ def muscle_map(
         )
     )
     fig.add_layout(_colour_bar(mapper, ""), "right")
+    assert fig.width is not None  # atlas_figure gave it one
     fig.width += 110
     update_muscle_map(fig, table, value=value, diverging=diverging, colour_title=colour_title)
     return fig
@@ -537,7 +565,7 @@ def update_muscle_map(
     _named(fig, "map-hover").tooltips = _DIV_TIPS if diverging else _SEQ_TIPS
     _named(fig, "colour-bar").title = colour_title or value
     if title is not None:
-        fig.title.text = title
+        figure_title(fig).text = title
 
 
 def image_map(
@@ -571,7 +599,7 @@ def image_map(
         },
         name="image-source",
     )
-    img = fig.image(
+    img = fig.image(  # type: ignore[call-arg]  # Bokeh's stubs lack image's color_mapper
         image="image",
         x="x",
         y="y",
@@ -582,8 +610,10 @@ def image_map(
         name="density-image",
     )
     # Muscle outlines on top, unfilled, so the reader can tell where the heat lies.
-    outline_source = ColumnDataSource(region_source_data(atlas.regions_in(view, layer)))
-    outlines = fig.patches(
+    outline_source = ColumnDataSource(
+        column_data(region_source_data(atlas.regions_in(view, layer)))
+    )
+    outlines = fig.patches(  # type: ignore[call-arg]  # Bokeh's stubs lack hover_line_width
         "xs",
         "ys",
         source=outline_source,
@@ -601,6 +631,7 @@ def image_map(
         HoverTool(renderers=[outlines], tooltips=[("Muscle", "@name")]),
     )
     fig.add_layout(_colour_bar(mapper, ""), "right")
+    assert fig.width is not None  # atlas_figure gave it one
     fig.width += 110
     return fig
 
@@ -612,7 +643,7 @@ def _set_image(
     _set_mapper(_named(fig, "map-mapper"), values, diverging)
     _named(fig, "colour-bar").title = colour_title
     if title is not None:
-        fig.title.text = title
+        figure_title(fig).text = title
 
 
 def _density_values(grid: Any, n_cohort: int | None) -> tuple[np.ndarray, str]:
@@ -687,11 +718,11 @@ def update_difference_map(
 
 def _draw_landmarks(fig: figure, atlas: Atlas, view: str) -> None:
     lms = [lm for lm in atlas.landmarks if lm.view == view]
-    shapes = [lm for lm in lms if lm.geometry.geom_type == "Polygon"]
+    shapes = [(lm, lm.geometry) for lm in lms if isinstance(lm.geometry, Polygon)]
     if shapes:
-        xs = [list(lm.geometry.exterior.xy[0]) for lm in shapes]
-        ys = [list(lm.geometry.exterior.xy[1]) for lm in shapes]
-        names = [lm.name for lm in shapes]
+        xs = [list(shape.exterior.xy[0]) for _, shape in shapes]
+        ys = [list(shape.exterior.xy[1]) for _, shape in shapes]
+        names = [lm.name for lm, _ in shapes]
         fig.patches(
             "xs",
             "ys",
@@ -711,11 +742,11 @@ def _draw_landmarks(fig: figure, atlas: Atlas, view: str) -> None:
             line_width=1.4,
             name="landmark-lines",
         )
-    points = [lm for lm in lms if lm.geometry.geom_type == "Point"]
+    points = [lm.geometry for lm in lms if isinstance(lm.geometry, Point)]
     if points:
         fig.scatter(
-            [lm.geometry.x for lm in points],
-            [lm.geometry.y for lm in points],
+            [point.x for point in points],
+            [point.y for point in points],
             marker="triangle",
             size=8,
             fill_color="#4d4436",
@@ -776,7 +807,7 @@ def atlas_overview(
     return row(*figs, column(*close_ups), name="atlas-overview")
 
 
-def _webdriver(scale: float = 1.0):
+def _webdriver(scale: float = 1.0) -> Chrome:
     """A headless Chromium WebDriver on Debian's chromium and chromedriver (no downloads)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -837,7 +868,7 @@ def export(
     return out
 
 
-def _figures(obj: LayoutDOM):
+def _figures(obj: LayoutDOM) -> list[figure]:
     from bokeh.plotting import figure as Figure
 
     return [m for m in obj.references() if isinstance(m, Figure)]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import html
+from typing import cast
 
 from bokeh.document import Document
-from bokeh.models import Checkbox, ColumnDataSource, CustomJS, Div
+from bokeh.models import ColumnDataSource, CustomJS
+from bokeh.models.widgets import Checkbox, Div
 
 __all__ = ["Download", "label_checkboxes", "signed_in_bar", "tag_widgets", "watch_connection"]
 
@@ -115,7 +117,8 @@ class Download:
     @property
     def data(self) -> dict[str, list[str]]:
         """What was sent last (for tests)."""
-        return dict(self.source.data)
+        # send() writes lists of text only; Bokeh types a source's columns more widely.
+        return cast("dict[str, list[str]]", dict(self.source.data))
 
     def send(self, filename: str, payload: bytes, mime: str) -> None:
         """Have the browser save ``payload`` as ``filename``."""

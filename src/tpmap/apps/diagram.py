@@ -5,7 +5,7 @@ from __future__ import annotations
 from bokeh.document import Document
 from bokeh.events import DoubleTap, Tap
 from bokeh.layouts import column, row
-from bokeh.models import Div, RadioButtonGroup
+from bokeh.models.widgets import Div, RadioButtonGroup
 
 from tpmap.atlas import Atlas, load_atlas
 from tpmap.plotting import VIEW_TITLES, atlas_figure
@@ -31,6 +31,8 @@ def make_document(doc: Document, *, atlas: Atlas | None = None, **_: object) -> 
             figures[v].visible = i == view_index
 
     def on_tap(view: str, event: Tap) -> None:
+        if event.x is None or event.y is None:
+            return  # a tap always has its position; Bokeh's event type allows none
         lay = "deep" if layer.active == 1 else "superficial"
         region = atlas.region_at(view, event.x, event.y, layer=lay)
         if region is None:

@@ -19,21 +19,20 @@ import io
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 from bokeh.document import Document
 from bokeh.layouts import column, row
-from bokeh.models import (
+from bokeh.models import ColumnDataSource, CustomJS
+from bokeh.models.widgets import (
     Button,
     Checkbox,
-    ColumnDataSource,
-    CustomJS,
     DataTable,
     DatePicker,
     Div,
@@ -56,6 +55,9 @@ from tpmap.plotting import (
     update_difference_map,
     update_muscle_map,
 )
+
+if TYPE_CHECKING:
+    from bokeh.models.widgets.inputs import Options
 
 __all__ = ["ExplorePage", "Request", "Result", "make_document", "policy_for"]
 
@@ -262,13 +264,14 @@ class ExplorePage:
         # typed text, so its label is escaped (the value stays the name itself).
         self.clinicians.options = [(c, html.escape(c)) for c in data.clinicians]
         first, last = data.date_range or (None, None)
-        self._date_range = (first, last)
+        self._date_range: tuple[dt.date | None, dt.date | None] = (first, last)
         self.date_from.value, self.date_to.value = first, last
         instruments = list(data.instruments)
-        self.instrument.options = [
+        instrument_options: Options = [
             (i, model.OUTCOME_INSTRUMENTS[i].label if i in model.OUTCOME_INSTRUMENTS else i)
             for i in instruments
         ]
+        self.instrument.options = instrument_options
         self.instrument.value = "nprs" if "nprs" in instruments else (instruments or [""])[0]
 
     # ------------------------------------------------------------------ widgets
@@ -277,13 +280,13 @@ class ExplorePage:
         self.view = Select(
             title="View",
             value="posterior",
-            options=[(v, VIEW_TITLES[v]) for v in self.atlas.views],
+            options=_options((v, VIEW_TITLES[v]) for v in self.atlas.views),
             name="view",
         )
         self.layer = Select(
             title="Layer",
             value=model.Layer.SUPERFICIAL.value,
-            options=[(layer, model.LAYER_LABELS[layer]) for layer in model.LAYERS],
+            options=_options((layer, model.LAYER_LABELS[layer]) for layer in model.LAYERS),
             name="layer",
             width=130,
         )
@@ -291,13 +294,15 @@ class ExplorePage:
         self.weighting = Select(
             title="Density weighting",
             value="patients",
-            options=list(WEIGHTINGS.items()),
+            options=_options(WEIGHTINGS.items()),
             name="weighting",
         )
 
-        def choice(title: str, name: str, values: Any, labels: dict[str, str] | None = None):
+        def choice(
+            title: str, name: str, values: Any, labels: dict[str, str] | None = None
+        ) -> MultiChoice:
             labels = labels or {}
-            opts = [
+            opts: list[str | tuple[str, str]] = [
                 (str(v), html.escape(labels.get(str(v), str(v).replace("_", " ")))) for v in values
             ]
             return MultiChoice(title=title, options=opts, value=[], name=name, width=250)
@@ -318,18 +323,20 @@ class ExplorePage:
         self.threshold = Select(
             title="Responder if",
             value="mcid",
-            options=list(THRESHOLDS.items()),
+            options=_options(THRESHOLDS.items()),
             name="threshold",
             width=125,
         )
         self.responder = Select(
             title="Responder status",
             value="",
-            options=[("", "Any"), *[(s, s.replace("_", "-")) for s in research.RESPONDER_STATUSES]],
+            options=_options(
+                [("", "Any"), *[(s, s.replace("_", "-")) for s in research.RESPONDER_STATUSES]]
+            ),
             name="responder",
             width=250,
         )
-        self._date_range: tuple[dt.date | None, dt.date | None] = (None, None)
+        self._date_range = (None, None)
         self.date_from = DatePicker(title="From", name="date-from", width=122)
         self.date_to = DatePicker(title="To", name="date-to", width=122)
         self.fold = Checkbox(
@@ -341,7 +348,7 @@ class ExplorePage:
         self.group_by = Select(
             title="Groups by",
             value="responder",
-            options=list(GROUP_BY.items()),
+            options=_options(GROUP_BY.items()),
             name="group-by",
             width=250,
         )
@@ -391,7 +398,7 @@ class ExplorePage:
             self.date_to,
         ):
             w.on_change("value", lambda _a, _o, _n: self.update())
-        for w in (
+        for multi in (
             self.conditions,
             self.clinicians,
             self.techniques,
@@ -400,9 +407,9 @@ class ExplorePage:
             self.sexes,
             self.age_bands,
         ):
-            w.on_change("value", lambda _a, _o, _n: self.update())
-        for w in (self.mode, self.fold, self.compare):
-            w.on_change("active", lambda _a, _o, _n: self.update())
+            multi.on_change("value", lambda _a, _o, _n: self.update())
+        for toggle in (self.mode, self.fold, self.compare):
+            toggle.on_change("active", lambda _a, _o, _n: self.update())
         self.layer.on_change("value", lambda _a, _o, _n: self.update())
         self.group_by.on_change("value", lambda _a, _o, _n: self._group_options(reset=True))
         self.k.on_change("value", self._on_k)
@@ -465,6 +472,7 @@ class ExplorePage:
 
     def _group_options(self, *, reset: bool, redraw: bool = True) -> None:
         by = self.group_by.value
+        values: list[tuple[str, str]]
         if by == "responder":
             values = [(s, s.replace("_", "-")) for s in ("responder", "non_responder")]
         elif by == "condition":
@@ -474,7 +482,7 @@ class ExplorePage:
         else:
             values = [(s, s) for s in model.AFFECTED_SIDES]
         for w in (self.group_a, self.group_b):
-            w.options = values
+            w.options = _options(values)
         if reset and len(values) >= 2:
             self.group_a.value, self.group_b.value = values[0][0], values[1][0]
         if redraw:
@@ -484,8 +492,8 @@ class ExplorePage:
     def filters(self) -> research.Filters:
         """The researcher's filter as the widgets say it (before the policy's coarsening)."""
 
-        def chosen(w: MultiChoice) -> list[str] | None:
-            return list(w.value) or None
+        def chosen(w: MultiChoice) -> tuple[str, ...] | None:
+            return tuple(w.value) or None
 
         first, last = self._date_range
         date_from = _date(self.date_from.value)
@@ -505,7 +513,7 @@ class ExplorePage:
             # A kind of structure (muscle, ligament, tendon, periosteum, fascia) is the set
             # of atlas regions of that kind: a mark-level filter like any other muscle set.
             muscles=self.atlas.ids_of_kind(*kinds) if (kinds := chosen(self.kinds)) else None,
-            responder=[self.responder.value] if self.responder.value else None,
+            responder=(self.responder.value,) if self.responder.value else None,
             date_from=date_from,
             date_to=date_to,
         )
@@ -519,7 +527,7 @@ class ExplorePage:
             view=self.view.value,
             # A layer the page does not know (a forged value) is the superficial one.
             layer=self.layer.value if self.layer.value in model.LAYERS else "superficial",
-            mode=MODES[self.mode.active],
+            mode=MODES[self.mode.active or 0],  # None: nothing chosen, the first mode
             weighting=self.weighting.value,
             filters=self.filters(),
             fold=bool(self.fold.active),
@@ -545,7 +553,7 @@ class ExplorePage:
         future.add_done_callback(lambda f: self._schedule(lambda: self._apply(f, generation)))
 
     # ------------------------------------------------------------------ computing (worker)
-    def _cohort(self, data: research.Dataset, rule: research.ResponderRule | None):
+    def _cohort(self, data: research.Dataset, rule: research.ResponderRule | None) -> pd.DataFrame:
         """The episode cohort with a ``responder`` column under ``rule``."""
         if rule is None:
             return data.cohort.assign(responder="unknown")
@@ -559,7 +567,13 @@ class ExplorePage:
             self._statuses[rule] = status
         return data.cohort.assign(responder=status.to_numpy())
 
-    def _check(self, data, cohort, filters, req: Request) -> research.QueryCheck | None:
+    def _check(
+        self,
+        data: research.Dataset,
+        cohort: pd.DataFrame,
+        filters: research.Filters,
+        req: Request,
+    ) -> research.QueryCheck | None:
         if not self.policy.check_differences:
             return None
         return research.check_query(
@@ -598,7 +612,7 @@ class ExplorePage:
         view, layer = req.view, req.layer
         in_view = ((marks["view"] == view) & (marks["layer"] == layer)).to_numpy()
         marks_v = marks.loc[in_view]
-        grid_kw = {
+        grid_kw: dict[str, Any] = {
             "bounds": self.atlas.bounds(view),
             "mask": self.atlas.outline(view),
             "cell": CELL,
@@ -615,7 +629,7 @@ class ExplorePage:
             "this view and layer"
         )
         notes = []
-        grid = None
+        grid: research.DensityGrid | research.DifferenceGrid | None = None
         if req.compare:
             result = self._compare(req, data, cohort_all, f, cohort, marks, noise, grid_kw)
             if isinstance(result, str):
@@ -625,7 +639,7 @@ class ExplorePage:
             spec = research.GridSpec.from_bounds(self.atlas.bounds(view), CELL)
             grid = research.density_grid(
                 marks_v, view, cells=_cells(data, marks_v, spec, req), **grid_kw
-            )  # type: ignore[arg-type]
+            )
             table = _drop_cells(
                 research.muscle_table(marks, cohort, min_patients=k, perturbation=noise), hidden
             )
@@ -653,7 +667,7 @@ class ExplorePage:
             )
             + "."
         )
-        if grid is not None and getattr(grid, "n_dominated", 0):
+        if isinstance(grid, research.DensityGrid) and grid.n_dominated:
             notes.append(
                 f"{grid.n_dominated} spots hidden because one patient gives most of their value."
             )
@@ -675,7 +689,17 @@ class ExplorePage:
         shown = _small(cohort.loc[cohort["responder"] == "unknown"], noise, k)
         return f"Responder: {req.rule.describe()}; unknown status: {shown} patients."
 
-    def _compare(self, req, data, cohort_all, f, cohort, marks, noise, grid_kw):
+    def _compare(
+        self,
+        req: Request,
+        data: research.Dataset,
+        cohort_all: pd.DataFrame,
+        f: research.Filters,
+        cohort: pd.DataFrame,
+        marks: pd.DataFrame,
+        noise: research.CellKey | None,
+        grid_kw: dict[str, Any],
+    ) -> tuple[pd.DataFrame, research.DifferenceGrid | None, str, str] | str:
         field_name = _GROUP_FILTER[req.group_by]
         column_name = req.group_by
         parts = []
@@ -683,7 +707,8 @@ class ExplorePage:
         for value in req.groups:
             current = getattr(f, field_name)
             wanted = (value,) if current is None else tuple(v for v in current if v == value)
-            g_filter = replace(f, **{field_name: wanted or (value,)})
+            change: dict[str, Any] = {field_name: wanted or (value,)}
+            g_filter = replace(f, **change)
             check = self._check(data, cohort_all, g_filter, req)
             if check is not None and check.refused:
                 label = req.group_labels[req.groups.index(value)]
@@ -815,7 +840,9 @@ class ExplorePage:
         return fig
 
     def _group_label(self, w: Select) -> str:
-        return dict(w.options).get(w.value, w.value) if w.options else ""
+        # The options this page gives a group picker: (value, label) pairs.
+        options = cast("list[tuple[str, str]]", w.options)
+        return dict(options).get(w.value, w.value) if options else ""
 
     def _show_table(self, table: pd.DataFrame) -> None:
         t = table.copy()
@@ -851,7 +878,7 @@ class ExplorePage:
         cols = []
         for c in shown:
             fmt = p if c in ("p", "q") else pct if t[c].dtype.kind == "f" else None
-            kwargs = {"formatter": fmt} if fmt is not None else {}
+            kwargs: dict[str, Any] = {"formatter": fmt} if fmt is not None else {}
             width = 170 if c == "name" else 60
             cols.append(TableColumn(field=c, title=titles[c], width=width, **kwargs))
         self.table.columns = cols
@@ -968,7 +995,9 @@ def _date(value: Any) -> dt.date | None:
     return pd.Timestamp(value).date()
 
 
-def _cells(data: research.Dataset, marks: pd.DataFrame, spec: research.GridSpec, req) -> Any:
+def _cells(
+    data: research.Dataset, marks: pd.DataFrame, spec: research.GridSpec, req: Request
+) -> Any:
     """The shared data set's precomputed cells of ``marks`` in ``spec`` (None: compute them).
 
     Folded marks moved, so their precomputed cells no longer apply.
@@ -1007,6 +1036,11 @@ def _drop_cells(table: pd.DataFrame, hidden: frozenset[tuple[str, str]] | set) -
     return out
 
 
+def _options(pairs: Iterable[tuple[str, str]]) -> Options:
+    """``(value, label)`` pairs as a Select's options."""
+    return list(pairs)
+
+
 def _months(day: dt.date) -> str:
     return day.strftime("%b %Y")
 
@@ -1018,7 +1052,9 @@ def _who(f: research.Filters, n: int, policy: research.DisclosurePolicy) -> str:
         names = ", ".join(f.clinicians)
         parts.append(f"treated by {names}")
     if f.date_from is not None or f.date_to is not None:
-        fmt = _months if policy.date_granularity == "month" else (lambda d: d.isoformat())
+        fmt: Callable[[dt.date], str] = (
+            _months if policy.date_granularity == "month" else (lambda d: d.isoformat())
+        )
         low = fmt(f.date_from) if f.date_from else "the start"
         high = fmt(f.date_to) if f.date_to else "now"
         parts.append(f"with a session between {low} and {high}")

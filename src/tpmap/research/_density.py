@@ -38,7 +38,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -163,7 +163,10 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
-def _parallel(fn: Callable[[int, int], object], n: int) -> list[object]:
+_T = TypeVar("_T")
+
+
+def _parallel(fn: Callable[[int, int], _T], n: int) -> list[_T]:
     """Run ``fn(start, stop)`` over ``range(n)`` split between threads when ``n`` is large."""
     parts = _threads() if n >= _PARALLEL else 1
     if parts == 1:
@@ -416,9 +419,9 @@ def _patient_codes(patient: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, 
         np.not_equal(patient[1:], patient[:-1], out=first[1:])
         codes = np.cumsum(first, dtype=np.int32) - 1
         return codes, None, int(codes[-1]) + 1
-    codes, uniques = pd.factorize(patient, sort=True)
-    order = stable_order(codes)
-    return codes[order].astype(np.int32), order, len(uniques)
+    factor_codes, uniques = pd.factorize(patient, sort=True)
+    order = stable_order(factor_codes)
+    return factor_codes[order].astype(np.int32), order, len(uniques)
 
 
 def patients_within(
@@ -443,7 +446,7 @@ def patients_within(
     n_chunks = -(-n_patients // per_chunk)
     # Flat bitmap index of every point: cell * words + the patient's word within the round.
     index_type = np.int32 if ny * nx * words < 2**31 else np.int64
-    flat_index = cells.astype(index_type) * words
+    flat_index: np.ndarray = cells.astype(index_type) * words
     flat_index += (codes & (words - 1)).astype(index_type, copy=False)
 
     def work(chunks: range) -> np.ndarray:
@@ -477,12 +480,26 @@ def patients_within(
 DEFAULT_CELL = 0.5
 
 
-def view_grids(atlas: object, cell: float = DEFAULT_CELL) -> dict[str, GridSpec]:
+class ViewBounds(Protocol):
+    """What :func:`view_grids` needs of an atlas: its views and each one's bounds."""
+
+    @property
+    def views(self) -> Sequence[str]: ...
+
+    def bounds(self, view: str) -> tuple[float, float, float, float]: ...
+
+
+class GridPerturbation(Protocol):
+    """Noise for a density grid's shown cells (the disclosure policy's cell key)."""
+
+    def perturb_grid(
+        self, values: np.ndarray, weighting: str, sigma_cells: float, *, floor: int
+    ) -> np.ndarray: ...
+
+
+def view_grids(atlas: ViewBounds, cell: float = DEFAULT_CELL) -> dict[str, GridSpec]:
     """The grid of each view of ``atlas`` (anything with ``views`` and ``bounds(view)``)."""
-    return {
-        view: GridSpec.from_bounds(atlas.bounds(view), cell)  # type: ignore[attr-defined]
-        for view in atlas.views  # type: ignore[attr-defined]
-    }
+    return {view: GridSpec.from_bounds(atlas.bounds(view), cell) for view in atlas.views}
 
 
 def view_cells(marks: pd.DataFrame, grids: dict[str, GridSpec]) -> np.ndarray:
@@ -593,7 +610,7 @@ def density_grid(
     min_patients: int = 5,
     dominance: float = 0.5,
     support_radius: float | None = None,
-    perturbation: object | None = None,
+    perturbation: GridPerturbation | None = None,
     cells: np.ndarray | None = None,
 ) -> DensityGrid:
     """The density map of the marks of one ``view`` on a grid over ``bounds`` (cm).
@@ -680,6 +697,7 @@ def density_grid(
     body = None if outside is None else ~outside
 
     n_dominated = 0
+    support: np.ndarray | None
     if weighting == "patients":
         counts = patients_within(codes, cells, n_patients, spec.shape, radius / cell)
         values = counts.astype(float)
@@ -716,6 +734,7 @@ def density_grid(
     visible = ~np.isnan(values)
     n_suppressed = 0
     if min_patients > 0:
+        assert support is not None  # computed whenever there is a floor
         small = (support < min_patients) & visible
         n_suppressed = int((small & (values > 0)).sum())
         values[small] = np.nan
@@ -725,9 +744,7 @@ def density_grid(
     values[hide] = np.nan
     perturbed = False
     if perturbation is not None:
-        values = perturbation.perturb_grid(  # type: ignore[attr-defined]
-            values, weighting, sigma / cell, floor=min_patients
-        )
+        values = perturbation.perturb_grid(values, weighting, sigma / cell, floor=min_patients)
         perturbed = True
     return DensityGrid(
         spec=spec,
@@ -892,7 +909,7 @@ def difference_grid(
     *,
     n_cohort_a: int | None = None,
     n_cohort_b: int | None = None,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> DifferenceGrid:
     """Density of A minus density of B, each in percent of its own cohort's patients.
 
@@ -910,8 +927,8 @@ def difference_grid(
     from tpmap.research._frames import patient_count
     from tpmap.research._proportions import counted_marks
 
-    grid_a = density_grid(counted_marks(marks_a, cohort_a), view, **kwargs)  # type: ignore[arg-type]
-    grid_b = density_grid(counted_marks(marks_b, cohort_b), view, **kwargs)  # type: ignore[arg-type]
+    grid_a = density_grid(counted_marks(marks_a, cohort_a), view, **kwargs)
+    grid_b = density_grid(counted_marks(marks_b, cohort_b), view, **kwargs)
     n_a = patient_count(cohort_a) if n_cohort_a is None else int(n_cohort_a)
     n_b = patient_count(cohort_b) if n_cohort_b is None else int(n_cohort_b)
     if n_a == 0 or n_b == 0:

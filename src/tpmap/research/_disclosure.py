@@ -31,7 +31,7 @@ import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -90,7 +90,7 @@ def _parse_k(value: object) -> int | None:
     if value is None or isinstance(value, bool):
         return None
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]  # any value may come: float() decides
     except (TypeError, ValueError):
         return None
     if not math.isfinite(number):
@@ -151,7 +151,9 @@ class DisclosurePolicy:
             raise ValueError("export_clinicians must be 'hash' or 'drop'")
 
     @classmethod
-    def for_role(cls, role: str | None, *, min_patients: int = DEFAULT_MIN_PATIENTS):
+    def for_role(
+        cls, role: str | None, *, min_patients: int = DEFAULT_MIN_PATIENTS
+    ) -> DisclosurePolicy:
         """The policy for a role (docs/privacy.md, "Who gets which defence").
 
         ``"researcher"`` (and any unknown role): every defence, dates by month, exports with
@@ -172,11 +174,11 @@ class DisclosurePolicy:
         """``filters`` with the date range widened to whole months when the policy says so."""
         if self.date_granularity == "day":
             return filters
-        changes: dict[str, _dt.date] = {}
+        changes: dict[str, Any] = {}
         if filters.date_from is not None:
-            changes["date_from"] = month_start(filters.date_from)  # type: ignore[arg-type]
+            changes["date_from"] = month_start(filters.date_from)
         if filters.date_to is not None:
-            changes["date_to"] = month_end(filters.date_to)  # type: ignore[arg-type]
+            changes["date_to"] = month_end(filters.date_to)
         return replace(filters, **changes) if changes else filters
 
     @property
@@ -334,8 +336,8 @@ def cell_patient_pairs(
     """
     codes = []
     labels = []
-    for key in keys:
-        c, lab = category_codes(marks[key])
+    for column in keys:
+        c, lab = category_codes(marks[column])
         codes.append(c.astype(np.int64))
         labels.append(lab)
     cell = np.zeros(len(marks), dtype=np.int64)
@@ -509,8 +511,8 @@ def check_query(
     for which, days in _date_parents(filters, date_step):
         n_parents += 1
         parent = ev.cohort_mask(days=days)
-        added = int((patients.present(patients.cohort[parent]) & ~in_q).sum())
-        if 0 < added < k:
+        n_added = int((patients.present(patients.cohort[parent]) & ~in_q).sum())
+        if 0 < n_added < k:
             return QueryCheck(
                 k,
                 n_q,
@@ -551,11 +553,11 @@ def _date_parents(filters: Filters, step: str) -> list[tuple[str, tuple[int | No
 
     low = None if filters.date_from is None else to_days(filters.date_from)
     high = None if filters.date_to is None else to_days(filters.date_to)
-    out = []
+    out: list[tuple[str, tuple[int | None, int | None]]] = []
     if filters.date_from is not None:
-        out.append(("start", (to_days(_step(filters.date_from, step, -1)), high)))  # type: ignore[arg-type]
+        out.append(("start", (to_days(_step(filters.date_from, step, -1)), high)))
     if filters.date_to is not None:
-        out.append(("end", (low, to_days(_step(filters.date_to, step, +1)))))  # type: ignore[arg-type]
+        out.append(("end", (low, to_days(_step(filters.date_to, step, +1)))))
     return out
 
 
@@ -586,6 +588,8 @@ def _added_patients_cohort(
     else:
         episodes_ok = ev.episode_mask()
         rest = ev.session_mask(override) & np.append(episodes_ok, False)[ev.session_row]
+        # A session-level filter is why the sessions' patient codes were made.
+        assert patients.sessions is not None
         codes, rows_patients = dim.codes, patients.sessions
     cand = rest & (codes >= 0) & np.append(others, False)[codes]
     counts = _count_new(codes[cand], rows_patients[cand], in_q, len(dim.labels), patients.n)

@@ -138,8 +138,9 @@ class Filters:
     age_bands: tuple[str, ...] | None = None
     affected_sides: tuple[str, ...] | None = None
     responder: tuple[str, ...] | None = None
-    date_from: _dt.date | str | None = None
-    date_to: _dt.date | str | None = None
+    # Typed as what they hold: __post_init__ also takes ISO text and makes it a date.
+    date_from: _dt.date | None = None
+    date_to: _dt.date | None = None
     clinicians: tuple[str, ...] | None = None
     techniques: tuple[str, ...] | None = None
     ltr_grades: tuple[str, ...] | None = None
@@ -391,7 +392,9 @@ class Evaluation:
         rows = self.mark_row if dim.level == "episode" else self.mark_session
         return _take_codes(dim.codes, rows)
 
-    def _dim_mask(self, dim: Dimension, override: Mapping[str, np.ndarray | None] | None):
+    def _dim_mask(
+        self, dim: Dimension, override: Mapping[str, np.ndarray | None] | None
+    ) -> np.ndarray:
         if override is not None and dim.name in override:
             selected = override[dim.name]
             if selected is None:  # the filter lifted
@@ -400,11 +403,16 @@ class Evaluation:
         return dim.mask()
 
 
-def _dimension(name: str, level: str, values: pd.Series, wanted: tuple[object, ...]) -> Dimension:
+def _dimension(
+    name: str,
+    level: Literal["episode", "session", "mark"],
+    values: pd.Series,
+    wanted: tuple[object, ...],
+) -> Dimension:
     codes, labels = category_codes(values)
     want = {str(v) for v in wanted}
     selected = np.array([lab in want for lab in labels], dtype=bool)
-    return Dimension(name, level, codes, labels, selected)  # type: ignore[arg-type]
+    return Dimension(name, level, codes, labels, selected)
 
 
 def category_codes(values: pd.Series) -> tuple[np.ndarray, tuple[str, ...]]:

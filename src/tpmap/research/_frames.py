@@ -31,9 +31,9 @@ __all__ = [
 VIEWS: tuple[str, ...] = model.VIEWS
 LAYERS: tuple[str, ...] = model.LAYERS
 SIDES: tuple[str, ...] = model.SIDES
-VIEW_DTYPE = pd.CategoricalDtype(VIEWS)
-LAYER_DTYPE = pd.CategoricalDtype(LAYERS)
-SIDE_DTYPE = pd.CategoricalDtype(SIDES)
+VIEW_DTYPE = pd.CategoricalDtype(list(VIEWS))
+LAYER_DTYPE = pd.CategoricalDtype(list(LAYERS))
+SIDE_DTYPE = pd.CategoricalDtype(list(SIDES))
 
 #: Columns of the compact marks frame, in order; optional ``clinician`` and ``episode_id``
 #: columns come last.
@@ -74,12 +74,12 @@ AGE_BANDS: tuple[tuple[str, int, int], ...] = (
 )
 
 RESPONDER_STATUSES: tuple[str, ...] = ("responder", "non_responder", "unknown")
-STATUS_DTYPE = pd.CategoricalDtype(RESPONDER_STATUSES)
+STATUS_DTYPE = pd.CategoricalDtype(list(RESPONDER_STATUSES))
 
 EPOCH = np.datetime64("1970-01-01", "D")
 
 
-def to_days(value: object) -> int:
+def to_days(value: _dt.date | str) -> int:
     """Convert one date-like value to days since 1970-01-01 (the ``session_date`` unit).
 
     Examples

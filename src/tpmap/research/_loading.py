@@ -10,7 +10,7 @@ import datetime as _dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,8 @@ from tpmap.research._outcomes import INSTRUMENTS, OUTCOME_SOURCES, status_column
 if TYPE_CHECKING:
     import pyarrow as pa
     from sqlalchemy import Engine
-    from sqlalchemy.engine import URL
+    from sqlalchemy.engine import URL, Connection
+    from sqlalchemy.sql import Executable
 
     from tpmap._snapshot import RefreshStats
     from tpmap.store import Store
@@ -301,7 +302,9 @@ def marks_from_arrow(table: pa.Table) -> pd.DataFrame:
         )
         # Old index -> new code; the last slot maps nulls to -1.
         mapping = np.array([position.get(v, -1) for v in dictionary] + [-1], dtype=width)
-        codes = np.empty(sum(len(c) for c in chunks), dtype=width)
+        codes: np.ndarray[Any, np.dtype[np.signedinteger[Any]]] = np.empty(
+            sum(len(c) for c in chunks), dtype=width
+        )
         start = 0
         for chunk in chunks:
             np.take(mapping, chunk, out=codes[start : start + len(chunk)])
@@ -315,21 +318,21 @@ def marks_from_arrow(table: pa.Table) -> pd.DataFrame:
 _BATCH = 20_000
 
 
-def _rows(conn: object, stmt: object) -> list[tuple[object, ...]]:
+def _rows(conn: Connection, stmt: Executable) -> list[tuple[object, ...]]:
     """All rows of ``stmt``, fetched in batches.
 
     A driver's fetchall builds every row in one C call that holds the GIL; on a server with
     10^5 sessions that stalls every other thread (the clinicians' taps) for ~100 ms.
     Batches let the event loop in between.
     """
-    result = conn.execution_options(yield_per=_BATCH).execute(stmt)  # type: ignore[attr-defined]
+    result = conn.execution_options(yield_per=_BATCH).execute(stmt)
     out: list[tuple[object, ...]] = []
     for batch in result.partitions():
         out.extend(tuple(r) for r in batch)
     return out
 
 
-def _read_episodes(conn: object) -> pd.DataFrame:
+def _read_episodes(conn: Connection) -> pd.DataFrame:
     from sqlalchemy import select
 
     from tpmap.store.schema import EpisodeRow, PatientRow
@@ -349,7 +352,7 @@ def _read_episodes(conn: object) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows, columns=[*columns, "start_date"])
 
 
-def _read_sessions(conn: object) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _read_sessions(conn: Connection) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every session, and the NPRS each recorded before needling."""
     from tpmap import _snapshot
     from tpmap.store.schema import EpisodeRow, SessionRow
@@ -357,7 +360,7 @@ def _read_sessions(conn: object) -> tuple[pd.DataFrame, pd.DataFrame]:
     e, s = EpisodeRow.__table__, SessionRow.__table__
     from sqlalchemy import select
 
-    dialect = conn.dialect.name  # type: ignore[attr-defined]
+    dialect = conn.dialect.name
     stmt = (
         select(
             s.c.id,
@@ -406,7 +409,7 @@ def _read_sessions(conn: object) -> tuple[pd.DataFrame, pd.DataFrame]:
     return sessions, before_rows
 
 
-def _read_outcomes(conn: object, before: pd.DataFrame) -> pd.DataFrame:
+def _read_outcomes(conn: Connection, before: pd.DataFrame) -> pd.DataFrame:
     from sqlalchemy import select
 
     from tpmap.store.schema import EpisodeRow, OutcomeMeasureRow
@@ -447,13 +450,13 @@ def _cohort(episodes: pd.DataFrame, sessions: pd.DataFrame, outcomes: pd.DataFra
         {
             "patient_id": ordered["patient_id"].to_numpy(dtype=np.int32),
             "episode_id": ep_ids.astype(np.int32),
-            "sex": pd.Categorical(ordered["sex"], dtype=pd.CategoricalDtype(model.SEXES)),
+            "sex": pd.Categorical(ordered["sex"], dtype=pd.CategoricalDtype(list(model.SEXES))),
             "birth_year": pd.to_numeric(ordered["birth_year"]).astype(float).to_numpy(),
             "condition": pd.Categorical(
-                ordered["condition"], dtype=pd.CategoricalDtype(model.CONDITIONS)
+                ordered["condition"], dtype=pd.CategoricalDtype(list(model.CONDITIONS))
             ),
             "affected_side": pd.Categorical(
-                ordered["affected_side"], dtype=pd.CategoricalDtype(model.AFFECTED_SIDES)
+                ordered["affected_side"], dtype=pd.CategoricalDtype(list(model.AFFECTED_SIDES))
             ),
             "start_date": pd.to_datetime(ordered["start_date"]).astype("datetime64[s]"),
             "first_session": first_session,

@@ -239,7 +239,9 @@ def responders(
     status = np.where(~known, "unknown", np.where(hit, "responder", "non_responder"))
     out.loc[~known, "improvement"] = np.nan
     out["status"] = pd.Categorical(status, dtype=STATUS_DTYPE)
-    out["reason"] = pd.Categorical(np.where(known, None, reason), categories=list(UNKNOWN_REASONS))
+    # numpy's stubs have no None branch for where(); at run time it makes an object array.
+    reasons = np.where(known, None, reason)  # type: ignore[call-overload]
+    out["reason"] = pd.Categorical(reasons, categories=list(UNKNOWN_REASONS))
     out.attrs.update(rule=rule, instrument=rule.instrument, mcid=rule.mcid_value)
     return out
 
@@ -257,6 +259,7 @@ def attach_responders(cohort: pd.DataFrame, statuses: pd.DataFrame) -> pd.DataFr
     >>> cohort = attach_responders(cohort, responders(outcomes, episodes))  # doctest: +SKIP
     """
     out = cohort.copy()
+    status: np.ndarray | list[str]
     if "episode_id" in cohort.columns:
         by_episode = pd.Series(
             statuses["status"].astype(str).to_numpy(), index=statuses["episode_id"].to_numpy()
@@ -276,9 +279,9 @@ def attach_responders(cohort: pd.DataFrame, statuses: pd.DataFrame) -> pd.DataFr
 
 def status_columns(
     outcomes: pd.DataFrame, episodes: pd.DataFrame, instruments: Iterable[str]
-) -> dict[str, pd.Categorical]:
+) -> dict[str, pd.Categorical[str]]:
     """``responder_<instrument>`` columns (default rule) aligned with ``episodes``."""
-    out: dict[str, pd.Categorical] = {}
+    out: dict[str, pd.Categorical[str]] = {}
     key = episodes["episode_id"].to_numpy()
     for instrument in instruments:
         result = responders(outcomes, episodes, rule=ResponderRule(instrument))

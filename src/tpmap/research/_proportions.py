@@ -234,7 +234,7 @@ def compare_groups(
     out["diff_high"] = 100 * (diff + np.sqrt((ua - pa) ** 2 + (pb - lb) ** 2))
     p = np.array(
         [
-            stats.fisher_exact([[ai, n_a - ai], [bi, n_b - bi]]).pvalue
+            stats.fisher_exact(np.asarray([[ai, n_a - ai], [bi, n_b - bi]])).pvalue
             for ai, bi in zip(a, b, strict=True)
         ]
     )

@@ -102,7 +102,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _pages() -> dict[str, Callable[..., None]]:
+def _pages() -> dict[str, Callable[..., object]]:
     # Imported here so that importing tpmap.server does not pull in every page.
     from tpmap.apps import annotate, diagram, explore
 
@@ -125,7 +125,7 @@ class _PageApplication(Application):
 
 
 def _page(
-    make: Callable[..., None], context: dict[str, Any], auth: TpmapAuth
+    make: Callable[..., object], context: dict[str, Any], auth: TpmapAuth
 ) -> Callable[[Any], None]:
     # Bokeh wants a handler of exactly one argument, the document.
     def handler(doc: Any) -> None:
@@ -248,6 +248,7 @@ def build_server(
     )
     if not settings.port:
         # Port 0: the allow-list can only name the port once it is bound.
+        assert server.port is not None  # Server() has bound its socket
         server._tornado.websocket_origins.update(_origins(settings, server.port))
     log.info("websocket origins allowed: %s", sorted(server._tornado.websocket_origins))
     return server

@@ -24,7 +24,7 @@ from tpmap.auth import AccessDenied, Principal
 from tpmap.model import ValidationError
 from tpmap.store import _audit
 from tpmap.store._audit import AuditEntry, AuditReport
-from tpmap.store._common import printable, user_name
+from tpmap.store._common import RowLike, printable, user_name
 from tpmap.store._records import (
     Clinic,
     NotFoundError,
@@ -53,12 +53,12 @@ __all__ = [
 
 auth_log = logging.getLogger("tpmap.auth")
 
-_patients: Table = PatientRow.__table__  # type: ignore[assignment]
-_clinics: Table = ClinicRow.__table__  # type: ignore[assignment]
-_users: Table = UserRow.__table__  # type: ignore[assignment]
-_user_clinics: Table = UserClinicRow.__table__  # type: ignore[assignment]
-_logins: Table = LoginSessionRow.__table__  # type: ignore[assignment]
-_audit_log: Table = AuditRow.__table__  # type: ignore[assignment]
+_patients: Table = PatientRow.__table__
+_clinics: Table = ClinicRow.__table__
+_users: Table = UserRow.__table__
+_user_clinics: Table = UserClinicRow.__table__
+_logins: Table = LoginSessionRow.__table__
+_audit_log: Table = AuditRow.__table__
 
 #: Failed sign-ins allowed per account and per address within :data:`SIGN_IN_WINDOW`.
 SIGN_IN_LIMIT = 10
@@ -230,7 +230,7 @@ class AccountsMixin:
             raise NotFoundError(f"No account named {printable(str(name))}")
         return row
 
-    def _account(self, conn: Connection, row: Mapping[str, Any]) -> UserAccount:
+    def _account(self, conn: Connection, row: RowLike) -> UserAccount:
         clinics = conn.execute(
             select(_clinics.c.id, _clinics.c.name)
             .join(_user_clinics, _user_clinics.c.clinic_id == _clinics.c.id)
@@ -400,9 +400,7 @@ class AccountsMixin:
         auth_log.info("%s signed in from %s", row["name"], address)
         return SignIn(principal, token)
 
-    def _principal(
-        self, conn: Connection, row: Mapping[str, Any], login_id: int | None
-    ) -> Principal:
+    def _principal(self, conn: Connection, row: RowLike, login_id: int | None) -> Principal:
         clinics = conn.execute(
             select(_user_clinics.c.clinic_id).where(_user_clinics.c.user_id == row["id"])
         ).scalars()

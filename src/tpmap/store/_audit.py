@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.engine import Connection
 
+from tpmap.store._common import RowLike
 from tpmap.store.schema import AuditChainRow, AuditRow, utcnow
 
 __all__ = [
@@ -38,8 +39,8 @@ __all__ = [
     "verify_rows",
 ]
 
-_log_table: Table = AuditRow.__table__  # type: ignore[assignment]
-_chain: Table = AuditChainRow.__table__  # type: ignore[assignment]
+_log_table: Table = AuditRow.__table__
+_chain: Table = AuditChainRow.__table__
 
 GENESIS = "0" * 64
 _CHUNK = 5_000
@@ -175,7 +176,7 @@ def append(
     return row["seq"]
 
 
-def entry_from_row(row: Mapping[str, Any]) -> AuditEntry:
+def entry_from_row(row: RowLike) -> AuditEntry:
     """An :class:`AuditEntry` from a row of ``audit_log``."""
     return AuditEntry(
         seq=row["seq"],
@@ -193,7 +194,7 @@ def entry_from_row(row: Mapping[str, Any]) -> AuditEntry:
     )
 
 
-def _describe(row: Mapping[str, Any]) -> str:
+def _describe(row: RowLike) -> str:
     what = f"{row['action']} {row['entity']}"
     if row["entity_id"] is not None:
         what += f" {row['entity_id']}"
@@ -201,7 +202,7 @@ def _describe(row: Mapping[str, Any]) -> str:
     return f"{at}, {row['actor']!r}: {what}"
 
 
-def _rows(conn: Connection) -> Iterator[Mapping[str, Any]]:
+def _rows(conn: Connection) -> Iterator[RowLike]:
     last = 0
     while True:
         chunk = (

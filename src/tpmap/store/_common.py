@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, TypeAlias
+
 from tpmap.model import ValidationError
 
-__all__ = ["printable", "user_name"]
+__all__ = ["RowLike", "printable", "user_name"]
+
+# A row as the store reads it back: SQLAlchemy's RowMapping (whose keys are typed wider than
+# str, since a Column can look a value up too) or a plain dict of column values.
+RowLike: TypeAlias = Mapping[Any, Any]
 
 
 def printable(text: str, limit: int = 100) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any, TypeVar
+
+from tpmap.store._common import RowLike
 
 __all__ = [
     "AdverseEvent",
@@ -211,7 +212,9 @@ def _names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
-def record_from_row(cls: type[_R], row: Mapping[str, Any], **extra: Any) -> _R:
+def record_from_row(cls: type[_R], row: RowLike, **extra: Any) -> _R:
     """Build a record from a row mapping, taking only the record's own fields."""
-    values = {name: extra[name] if name in extra else row[name] for name in _names(cls)}
+    # Widened to plain ``type``: mypy does not take ``type[_R]`` as Hashable for the cache.
+    kind: type = cls
+    values = {name: extra[name] if name in extra else row[name] for name in _names(kind)}
     return cls(**values)

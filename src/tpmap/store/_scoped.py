@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from tpmap import model
 from tpmap.auth import Principal
@@ -31,18 +31,19 @@ __all__ = ["NOT_FOUND", "ScopedStore"]
 #: must look alike, or probing ids would tell which exist elsewhere.
 NOT_FOUND = "not found"
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
-def _same_not_found(method: _F) -> _F:
+def _same_not_found(method: Callable[_P, _T]) -> Callable[_P, _T]:
     @functools.wraps(method)
-    def wrapper(self: ScopedStore, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
-            return method(self, *args, **kwargs)
+            return method(*args, **kwargs)
         except NotFoundError:
             raise NotFoundError(NOT_FOUND) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 class ScopedStore:

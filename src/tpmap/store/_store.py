@@ -20,7 +20,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from sqlalchemy import (
     Engine,
@@ -41,7 +41,7 @@ from tpmap.auth import AccessDenied, Principal, Secret
 from tpmap.model import ValidationError
 from tpmap.store import _audit, _migrate
 from tpmap.store._accounts import AccountsMixin
-from tpmap.store._common import printable, user_name
+from tpmap.store._common import RowLike, printable, user_name
 from tpmap.store._engine import WRITE_OPTION, default_database_url, make_engine
 from tpmap.store._records import (
     AdverseEvent,
@@ -80,15 +80,15 @@ __all__ = ["Store", "open_store"]
 
 log = logging.getLogger("tpmap.store")
 
-_patients: Table = PatientRow.__table__  # type: ignore[assignment]
-_episodes: Table = EpisodeRow.__table__  # type: ignore[assignment]
-_sessions: Table = SessionRow.__table__  # type: ignore[assignment]
-_marks: Table = MarkRow.__table__  # type: ignore[assignment]
-_changes: Table = MarkChangeRow.__table__  # type: ignore[assignment]
-_ppts: Table = PressurePainThresholdRow.__table__  # type: ignore[assignment]
-_adverse: Table = AdverseEventRow.__table__  # type: ignore[assignment]
-_outcomes: Table = OutcomeMeasureRow.__table__  # type: ignore[assignment]
-_outcome_changes: Table = OutcomeChangeRow.__table__  # type: ignore[assignment]
+_patients: Table = PatientRow.__table__
+_episodes: Table = EpisodeRow.__table__
+_sessions: Table = SessionRow.__table__
+_marks: Table = MarkRow.__table__
+_changes: Table = MarkChangeRow.__table__
+_ppts: Table = PressurePainThresholdRow.__table__
+_adverse: Table = AdverseEventRow.__table__
+_outcomes: Table = OutcomeMeasureRow.__table__
+_outcome_changes: Table = OutcomeChangeRow.__table__
 _OUTCOME_FIELDS: tuple[str, ...] = ("instrument", "score", "date")
 # The change logs undo walks: their table, the record's column and the parent's column.
 _CHANGE_LOGS: dict[str, tuple[Table, str, str]] = {
@@ -97,10 +97,10 @@ _CHANGE_LOGS: dict[str, tuple[Table, str, str]] = {
 }
 # Runs inside a reading's transaction after it changed: (connection, row, who).
 _AfterChange = Callable[[Connection, RowMapping, str], None]
-_clinics: Table = ClinicRow.__table__  # type: ignore[assignment]
-_users: Table = UserRow.__table__  # type: ignore[assignment]
-_user_clinics: Table = UserClinicRow.__table__  # type: ignore[assignment]
-_logins: Table = LoginSessionRow.__table__  # type: ignore[assignment]
+_clinics: Table = ClinicRow.__table__
+_users: Table = UserRow.__table__
+_user_clinics: Table = UserClinicRow.__table__
+_logins: Table = LoginSessionRow.__table__
 
 # Fields of a mark that a change can touch, i.e. everything MarkInput carries.
 _MARK_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(model.MarkInput))
@@ -158,7 +158,7 @@ class _Actor:
     clinics: frozenset[int] | None  # None: unscoped (command line, imports, scripts)
 
 
-def _row_values(row: Mapping[str, Any], skip: Sequence[str] = ("id",)) -> dict[str, Any]:
+def _row_values(row: RowLike, skip: Sequence[str] = ("id",)) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in skip}
 
 
@@ -190,7 +190,7 @@ def _json(values: Mapping[str, Any] | None) -> str | None:
     return None if values is None else json.dumps(dict(values), sort_keys=True, default=str)
 
 
-def _muscle_words(row: Mapping[str, Any]) -> str:
+def _muscle_words(row: RowLike) -> str:
     return f"{row['side']} {str(row['muscle']).replace('_', ' ')}"
 
 
@@ -228,7 +228,7 @@ _BULK_DEFAULTS: dict[str, dict[str, Any]] = {
 def _executemany(
     conn: Connection,
     table: Table,
-    rows: list[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     stamp: Mapping[str, Any],
 ) -> None:
     """INSERT many rows straight through the driver, converting values once per column.
@@ -275,7 +275,7 @@ def _executemany(
             quote = dialect.identifier_preparer.quote
             target = f"{dialect.identifier_preparer.format_table(table)} "
             target += f"({', '.join(quote(c) for c in columns)})"
-            with cursor.copy(f"COPY {target} FROM STDIN") as stream:  # type: ignore[attr-defined]
+            with cursor.copy(f"COPY {target} FROM STDIN") as stream:
                 for values in params:
                     stream.write_row(values)
         else:
@@ -710,7 +710,7 @@ class Store(AccountsMixin):
     def _log(
         self,
         conn: Connection,
-        record: Mapping[str, Any],
+        record: RowLike,
         action: str,
         before: Mapping[str, Any] | None,
         after: Mapping[str, Any] | None,
@@ -778,7 +778,7 @@ class Store(AccountsMixin):
     def _change_mark(
         self,
         conn: Connection,
-        current: Mapping[str, Any],
+        current: RowLike,
         requested: Mapping[str, Any],
         action: str,
         who: str,
@@ -801,7 +801,7 @@ class Store(AccountsMixin):
         return True
 
     @staticmethod
-    def _not_deleted(row: Mapping[str, Any]) -> None:
+    def _not_deleted(row: RowLike) -> None:
         if row["deleted_at"] is not None:
             raise ValidationError({"mark": "This mark was deleted: restore it before changing it"})
 
@@ -865,7 +865,7 @@ class Store(AccountsMixin):
     def _set_deleted(
         self,
         conn: Connection,
-        current: Mapping[str, Any],
+        current: RowLike,
         deleted: bool,
         who: str,
         owner: tuple[int, int],
@@ -1226,7 +1226,7 @@ class Store(AccountsMixin):
     def _change_outcome(
         self,
         conn: Connection,
-        current: Mapping[str, Any],
+        current: RowLike,
         requested: Mapping[str, Any],
         who: str,
         owner: tuple[int, int],
@@ -1349,6 +1349,36 @@ class Store(AccountsMixin):
 
     # -- bulk ----------------------------------------------------------------------------------
 
+    @overload
+    def _bulk(
+        self,
+        table: Table,
+        rows: Iterable[Mapping[str, Any]],
+        validator: Callable[..., dict[str, Any]] | None,
+        *,
+        parent: str | None,
+        stamp: Mapping[str, Any],
+        returning: Literal[True],
+        chunk_size: int,
+        user: str,
+        passthrough: tuple[str, ...] = (),
+    ) -> list[int]: ...
+
+    @overload
+    def _bulk(
+        self,
+        table: Table,
+        rows: Iterable[Mapping[str, Any]],
+        validator: Callable[..., dict[str, Any]] | None,
+        *,
+        parent: str | None,
+        stamp: Mapping[str, Any],
+        returning: Literal[False],
+        chunk_size: int,
+        user: str,
+        passthrough: tuple[str, ...] = (),
+    ) -> int: ...
+
     def _bulk(
         self,
         table: Table,
@@ -1395,11 +1425,11 @@ class Store(AccountsMixin):
         count = 0
         with self._write() as conn:
             for chunk in _chunks(rows, chunk_size):
-                cleaned: list[dict[str, Any]] = []
+                cleaned: list[Mapping[str, Any]] = []
                 for number, raw in enumerate(chunk, start=count):
                     if validator is None:
                         # Trusted rows go in as they are; the database checks keys and types.
-                        cleaned.append(raw)  # type: ignore[arg-type]
+                        cleaned.append(raw)
                         continue
                     fields = dict(raw)
                     extra = {k: fields.pop(k) for k in (parent, *passthrough) if k in fields}
@@ -1453,7 +1483,7 @@ class Store(AccountsMixin):
             user=who,
             passthrough=("clinic_id",),
         )
-        return result  # type: ignore[return-value]
+        return result
 
     def bulk_insert_episodes(
         self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
@@ -1470,7 +1500,7 @@ class Store(AccountsMixin):
             chunk_size=_CHUNK,
             user=user_name(user),
         )
-        return result  # type: ignore[return-value]
+        return result
 
     def bulk_insert_sessions(
         self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
@@ -1487,7 +1517,7 @@ class Store(AccountsMixin):
             chunk_size=_CHUNK,
             user=user_name(user),
         )
-        return result  # type: ignore[return-value]
+        return result
 
     def bulk_insert_marks(
         self,
@@ -1516,7 +1546,7 @@ class Store(AccountsMixin):
             chunk_size=chunk_size,
             user=user_name(user),
         )
-        return result  # type: ignore[return-value]
+        return result
 
     def bulk_insert_outcomes(
         self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
@@ -1532,7 +1562,7 @@ class Store(AccountsMixin):
             chunk_size=_CHUNK,
             user=user_name(user),
         )
-        return result  # type: ignore[return-value]
+        return result
 
     def bulk_insert_pressure_pain_thresholds(
         self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
@@ -1548,7 +1578,7 @@ class Store(AccountsMixin):
             chunk_size=_CHUNK,
             user=user_name(user),
         )
-        return result  # type: ignore[return-value]
+        return result
 
     def bulk_insert_adverse_events(
         self, rows: Iterable[Mapping[str, Any]], *, user: str = "import"
@@ -1564,7 +1594,7 @@ class Store(AccountsMixin):
             chunk_size=_CHUNK,
             user=user_name(user),
         )
-        return result  # type: ignore[return-value]
+        return result
 
     def counts(self) -> dict[str, int]:
         """Row counts per table (not counting deleted rows), for status lines and tests."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import (
     Boolean,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
 )
@@ -103,6 +105,12 @@ class Base(DeclarativeBase):
     """Declarative base sharing :data:`metadata`."""
 
     metadata = metadata
+
+    if TYPE_CHECKING:
+        # Every mapped class here is declared on one Table; DeclarativeBase types
+        # ``__table__`` as the wider FromClause, which has no ``insert()`` or ``c`` the
+        # store can use. Declared for the checker only, so the mapping is untouched.
+        __table__: ClassVar[Table]
 
 
 class ClinicRow(Base):

@@ -53,7 +53,7 @@ from tpmap.apps.annotate._state import SessionState
 from tpmap.apps.annotate._status import StatusLine
 from tpmap.atlas import Atlas, load_atlas
 from tpmap.auth import AccessDenied, Principal
-from tpmap.store import Store
+from tpmap.store import ScopedStore, Store
 
 __all__ = ["AnnotatePage", "make_document"]
 
@@ -66,7 +66,7 @@ DEFAULT_VIEWPORT = (1024, 768)
 class AnnotatePage:
     """One clinician page (one browser tab): its parts, composed."""
 
-    def __init__(self, doc: Document, *, store: Any, atlas: Atlas, user: str) -> None:
+    def __init__(self, doc: Document, *, store: ScopedStore, atlas: Atlas, user: str) -> None:
         self.doc = doc
         self.status = StatusLine("Choose or create a patient to start.")
         self.state = SessionState()

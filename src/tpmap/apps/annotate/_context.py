@@ -4,7 +4,6 @@ the worker that runs store calls, the status line and the open session."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from bokeh.document import Document
 
@@ -12,6 +11,7 @@ from tpmap.apps.annotate._runner import Runner
 from tpmap.apps.annotate._state import SessionState
 from tpmap.apps.annotate._status import StatusLine
 from tpmap.atlas import Atlas
+from tpmap.store import ScopedStore
 
 __all__ = ["Context"]
 
@@ -21,7 +21,7 @@ class Context:
     """The shared services of one page (one browser tab)."""
 
     doc: Document
-    store: Any
+    store: ScopedStore  # the signed-in clinician's view of the record
     atlas: Atlas
     user: str
     run: Runner

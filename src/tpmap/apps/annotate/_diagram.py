@@ -15,26 +15,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from bokeh.events import DoubleTap, PanEnd, Tap
 from bokeh.layouts import row
 from bokeh.models import (
-    Button,
     ColumnDataSource,
     CustomJS,
     HoverTool,
     InlineStyleSheet,
     PointDrawTool,
-    RadioButtonGroup,
+    Range,
+    Range1d,
 )
+from bokeh.models.widgets import Button, RadioButtonGroup
 from bokeh.plotting import figure
 
 from tpmap import model
 from tpmap.apps.annotate._context import Context
 from tpmap.apps.annotate._state import Change
 from tpmap.apps.annotate._status import describe
-from tpmap.plotting import atlas_figure, show_layer
+from tpmap.plotting import atlas_figure, column_data, show_layer
+
+if TYPE_CHECKING:
+    from bokeh.models.glyph import XYGlyph
+    from bokeh.models.renderers import GlyphRenderer
 
 __all__ = ["SAVED_FILL", "SAVING_FILL", "SELECT_RADIUS_CM", "Diagram"]
 
@@ -56,6 +61,18 @@ VIEW_PAIRS: tuple[tuple[str, str], ...] = (
     ("lateral_right", "lateral_left"),
 )
 VIEW_PAIR_LABELS = ("Front & back", "Sides")
+
+
+def _span(rng: Range) -> Range1d:
+    """A figure's range as the Range1d atlas_figure made it (Plot declares the wider Range)."""
+    return cast(Range1d, rng)
+
+
+def _extent(fig: figure) -> tuple[float, float, float, float]:
+    """A figure's ranges as ``(x0, x1, y0, y1)``."""
+    x, y = _span(fig.x_range), _span(fig.y_range)
+    # Floats: atlas_figure set them (a Range1d could also hold datetimes).
+    return cast("tuple[float, float, float, float]", (x.start, x.end, y.start, y.end))
 
 
 def _same_columns(old: Any, new: dict[str, list[Any]]) -> bool:
@@ -93,10 +110,7 @@ class Diagram:
         for view in self.views:
             self.figures[view] = self._figure(view, height)
         # Each view's whole-body ranges (x0, x1, y0, y1), to come back to from a close-up.
-        self._full = {
-            v: (f.x_range.start, f.x_range.end, f.y_range.start, f.y_range.end)
-            for v, f in self.figures.items()
-        }
+        self._full = {v: _extent(f) for v, f in self.figures.items()}
         self.figure_row = row(*self.figures.values(), name="figures", spacing=8)
         self.controls = row(self.view_switch, name="diagram-controls")
         # The layer switch sits with Undo and Delete over the side panel, where there is
@@ -136,7 +150,7 @@ class Diagram:
             line_alpha=0.6,
             name=f"earlier-marks-{view}",
         )
-        source = ColumnDataSource(self._mark_data([]), name=f"marks-{view}")
+        source = ColumnDataSource(column_data(self._mark_data([])), name=f"marks-{view}")
         marks = fig.scatter(
             "x",
             "y",
@@ -153,7 +167,9 @@ class Diagram:
             name=f"current-marks-{view}",
         )
         # Drag a mark to move it (no adding or deleting through this tool: taps add marks).
-        drag = PointDrawTool(renderers=[marks], add=False, drag=True, num_objects=0)
+        # Bokeh's stubs keep GlyphRenderer invariant in its glyph; a Scatter is an XYGlyph.
+        drag_renderers = [cast("GlyphRenderer[XYGlyph]", marks)]
+        drag = PointDrawTool(renderers=drag_renderers, add=False, drag=True, num_objects=0)
         fig.add_tools(drag)
         fig.toolbar.active_drag = drag
         fig.add_tools(
@@ -212,7 +228,10 @@ class Diagram:
             if self.layer == model.Layer.STRUCTURES:
                 extent = self._knee_extent(view, fig) or extent
             x0, x1, y0, y1 = extent
-            for rng, (start, end) in ((fig.x_range, (x0, x1)), (fig.y_range, (y0, y1))):
+            for rng, (start, end) in (
+                (_span(fig.x_range), (x0, x1)),
+                (_span(fig.y_range), (y0, y1)),
+            ):
                 if (rng.start, rng.end) != (start, end):
                     rng.update(start=start, end=end)
 
@@ -257,7 +276,9 @@ class Diagram:
     def layer(self) -> str:
         """The layer a tap goes to (the one shown)."""
         index = self.layer_switch.active
-        return self.layers[index] if 0 <= index < len(self.layers) else self.layers[0]
+        if index is None or not 0 <= index < len(self.layers):
+            return self.layers[0]  # also for None: Bokeh lets a RadioButtonGroup have no choice
+        return self.layers[index]
 
     def show_view_of(self, view: str) -> None:
         """Switch to the pair of views that shows ``view``."""
@@ -318,7 +339,7 @@ class Diagram:
             if not _same_columns(source.data, data):
                 self._drawing = True
                 try:
-                    source.data = data
+                    source.data = column_data(data)
                 finally:
                     self._drawing = False
 
@@ -476,7 +497,8 @@ class Diagram:
 
         def work() -> list[Any]:
             ctx.store.delete_mark(mark.id)
-            return ctx.store.session_marks(session_id)
+            # The mark's session is the open one (the state holds only that session's marks).
+            return ctx.store.session_marks(mark.session_id)
 
         ctx.run.submit(work, done, lambda exc: ctx.status.fail(exc, "deletion"))
 

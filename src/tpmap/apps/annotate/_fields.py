@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bokeh.layouts import column
-from bokeh.models import (
-    DatePicker,
-    Div,
-    InlineStyleSheet,
-    Select,
-    TextAreaInput,
-    TextInput,
-)
+from bokeh.models import InlineStyleSheet
+from bokeh.models.widgets import DatePicker, Div, Select, TextAreaInput, TextInput
 
 from tpmap.apps.annotate._status import ERROR_COLOUR
 from tpmap.model import FieldSpec
+
+if TYPE_CHECKING:
+    from bokeh.models.widgets.inputs import Options
 
 __all__ = ["BLANK", "FieldInput"]
 
@@ -36,7 +33,11 @@ _BLANK_OPTION = (BLANK, "—")
 _INVALID_CSS = f""":host(.tp-invalid) :is(input, select, textarea) {{
   border-color: {ERROR_COLOUR}; box-shadow: 0 0 0 1px {ERROR_COLOUR};
 }}"""
-_MESSAGE_STYLE = {"color": ERROR_COLOUR, "font-size": "13px", "line-height": "16px"}
+_MESSAGE_STYLE: dict[str, str | None] = {
+    "color": ERROR_COLOUR,
+    "font-size": "13px",
+    "line-height": "16px",
+}
 
 Commit = Callable[[str, Any], None]
 
@@ -48,11 +49,12 @@ def _widget(
     if options is not None or spec.kind in ("choice", "flag"):
         if options is None:
             options = [("yes", "Yes"), ("no", "No")] if spec.kind == "flag" else spec.options()
-        return Select(options=[_BLANK_OPTION, *options], value=BLANK, **common)
+        choices: Options = [_BLANK_OPTION, *options]
+        return Select(options=choices, value=BLANK, **common)
     if spec.kind == "date":
         return DatePicker(value=None, **common)
     # The browser's own limit matches the server's (Bokeh's text area would cut at 500).
-    limit = {"max_length": spec.max_length} if spec.max_length else {}
+    limit: dict[str, Any] = {"max_length": spec.max_length} if spec.max_length else {}
     if rows > 1:
         return TextAreaInput(rows=rows, **limit, **common)
     return TextInput(placeholder=spec.hint, **limit, **common)

@@ -9,12 +9,14 @@ presses Add score (or Save correction), so the score that is saved is always the
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from bokeh.layouts import column
-from bokeh.models import Button, Div, InlineStyleSheet, Select
+from bokeh.models import InlineStyleSheet
+from bokeh.models.widgets import Button, Div, Select
 
 from tpmap import model
-from tpmap.questionnaires import QUESTIONNAIRES, Questionnaire
+from tpmap.questionnaires import QUESTIONNAIRES, Item, Questionnaire
 
 __all__ = ["ItemAnswers"]
 
@@ -103,10 +105,13 @@ class ItemAnswers:
             self._open(self.questionnaire)
 
     def _open(self, questionnaire: Questionnaire) -> None:
+        def choices(item: Item) -> list[str | tuple[Any, str]]:
+            return [(UNANSWERED, "—"), *((f"{p:g}", f"{a} ({p:g})") for a, p in item.answers)]
+
         self.selects = [
             Select(
                 title=f"{item.id}. {item.label}",
-                options=[(UNANSWERED, "—"), *((f"{p:g}", f"{a} ({p:g})") for a, p in item.answers)],
+                options=choices(item),
                 value=UNANSWERED,
                 width=self.width - 40,
                 name=f"item-{item.id}",

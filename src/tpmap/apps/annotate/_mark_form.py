@@ -6,7 +6,7 @@ import html
 from typing import Any
 
 from bokeh.layouts import column, row
-from bokeh.models import Div
+from bokeh.models.widgets import Div
 
 from tpmap import model
 from tpmap.apps.annotate._context import Context

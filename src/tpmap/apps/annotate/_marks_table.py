@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from bokeh.models import ColumnDataSource, DataTable, TableColumn
+from bokeh.models import ColumnDataSource
+from bokeh.models.widgets import DataTable, TableColumn
 
 from tpmap import model
 from tpmap.apps.annotate._context import Context
 from tpmap.apps.annotate._state import Change
-from tpmap.plotting import VIEW_TITLES
+from tpmap.plotting import VIEW_TITLES, column_data
 
 __all__ = ["MarksTable"]
 
@@ -19,7 +20,7 @@ class MarksTable:
 
     def __init__(self, ctx: Context, *, width: int, height: int) -> None:
         self.ctx = ctx
-        self.source = ColumnDataSource(self._data([]), name="marks-table-source")
+        self.source = ColumnDataSource(column_data(self._data([])), name="marks-table-source")
         self.table = DataTable(
             source=self.source,
             columns=[
@@ -66,7 +67,7 @@ class MarksTable:
         self._writing = True
         try:
             if dict(self.source.data) != data:
-                self.source.data = data
+                self.source.data = column_data(data)
             if list(self.source.selected.indices) != selected:
                 self.source.selected.indices = selected
         finally:

@@ -14,19 +14,14 @@ import datetime as dt
 from typing import Any
 
 from bokeh.layouts import column, row
-from bokeh.models import (
-    Button,
-    ColumnDataSource,
-    DataTable,
-    Div,
-    InlineStyleSheet,
-    TableColumn,
-)
+from bokeh.models import ColumnDataSource, InlineStyleSheet
+from bokeh.models.widgets import Button, DataTable, Div, TableColumn
 
 from tpmap import model
 from tpmap.apps.annotate._context import Context
 from tpmap.apps.annotate._fields import FieldInput
 from tpmap.apps.annotate._items import ItemAnswers
+from tpmap.plotting import column_data
 
 __all__ = ["OutcomesPanel"]
 
@@ -80,7 +75,7 @@ class OutcomesPanel:
         )  # fmt: skip
         self.undo_button = Button(label="↶ Undo", name="undo-outcome", width=80)
         self.items = ItemAnswers(width=width, on_total=self._total, on_open=self._items_open)
-        self.source = ColumnDataSource(self._data([]), name="outcomes-source")
+        self.source = ColumnDataSource(column_data(self._data([])), name="outcomes-source")
         self.table = DataTable(
             source=self.source,
             columns=[
@@ -196,7 +191,7 @@ class OutcomesPanel:
             self.title.text = title
         self._writing = True
         try:
-            self.source.data = data
+            self.source.data = column_data(data)
             index = [data["id"].index(select)] if select in data["id"] else []
             self.source.selected.indices = index
         finally:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bokeh.layouts import row
-from bokeh.models import Button, InlineStyleSheet, Select, TextInput
+from bokeh.models import InlineStyleSheet
+from bokeh.models.widgets import Button, Select, TextInput
 
 from tpmap import model
 from tpmap.apps.annotate._context import Context
 from tpmap.apps.annotate._fields import BLANK, FieldInput
 from tpmap.store import NotFoundError
+
+if TYPE_CHECKING:
+    from bokeh.models.widgets.inputs import Options
 
 __all__ = ["Pickers", "parse_id"]
 
@@ -170,7 +174,7 @@ class Pickers:
         )
 
     def _show_patients(self, patients: list[Any]) -> None:
-        options = [(BLANK, "—"), *[(str(p.id), p.code) for p in patients]]
+        options: Options = [(BLANK, "—"), *[(str(p.id), p.code) for p in patients]]
         current = self.patient_select.value
         if self.ctx.state.patient_id is not None and current not in {o[0] for o in options}:
             options.append((current, self._current_code or current))
@@ -197,10 +201,8 @@ class Pickers:
             state.patient_id = patient.id
             self._current_code = patient.code
             state.close(episode=True)
-            self.episode_select.options = [
-                (BLANK, "—"),
-                *[(str(e.id), episode_label(e)) for e in episodes],
-            ]
+            options: Options = [(BLANK, "—"), *[(str(e.id), episode_label(e)) for e in episodes]]
+            self.episode_select.options = options
             if episodes:
                 self.episode_select.value = str(episodes[-1].id)
                 if state.session_id is None:
@@ -280,10 +282,8 @@ class Pickers:
             state.close()
             if self._on_episode is not None:
                 self._on_episode(episode)
-            self.session_select.options = [
-                (BLANK, "—"),
-                *[(str(s.id), session_label(s)) for s in sessions],
-            ]
+            options: Options = [(BLANK, "—"), *[(str(s.id), session_label(s)) for s in sessions]]
+            self.session_select.options = options
             if sessions:
                 self.session_select.value = str(sessions[-1].id)
             else:

@@ -8,25 +8,24 @@ from the baseline, and the marks of every session as small multiples on the diag
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import shapely
 from bokeh.layouts import column
-from bokeh.models import (
-    BoxAnnotation,
-    ColumnDataSource,
-    DatetimeTickFormatter,
-    Div,
-    HoverTool,
-    Range1d,
-)
+from bokeh.models import ColumnDataSource, DatetimeTickFormatter, HoverTool, Range1d
+from bokeh.models.annotations import BoxAnnotation
+from bokeh.models.widgets import Div
 from bokeh.plotting import figure
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from tpmap import model
 from tpmap.apps.annotate._context import Context
+from tpmap.plotting import column_data, figure_title
 from tpmap.progress import EpisodeProgress, InstrumentSeries, episode_progress
+
+if TYPE_CHECKING:
+    from bokeh.models.ui import UIElement
 
 __all__ = ["ProgressView"]
 
@@ -55,12 +54,12 @@ def _time_figure(
         height=height,
         x_axis_type="datetime",
         x_range=x_range,  # one time axis for pain and every instrument: read down a date
-        y_range=Range1d(*y),
+        y_range=Range1d(start=y[0], end=y[1]),
         toolbar_location=None,
         tools="",
     )
     fig.xaxis.formatter = DatetimeTickFormatter(days="%d %b", months="%b %Y")
-    fig.title.text_font_size = "12px"
+    figure_title(fig).text_font_size = "12px"
     fig.yaxis.axis_label_text_font_size = "11px"
     fig.min_border_left = 40
     return fig
@@ -128,7 +127,7 @@ class ProgressView:
         self.sites.axis.visible = False
         self.sites.grid.visible = False
         self.sites.outline_line_color = None
-        self.sites.title.text_font_size = "12px"
+        figure_title(self.sites).text_font_size = "12px"
         self.sites.patches(
             "xs", "ys", source=self.outline_source, fill_color="#f4e4d4", line_color="#8a6f5a"
         )
@@ -219,7 +218,9 @@ class ProgressView:
             visible=nprs is not None,
         )
         self._frame_dates(progress)
-        children = [self._instrument_figure(s) for key, s in series.items() if key != "nprs"]
+        children: list[UIElement] = [
+            self._instrument_figure(s) for key, s in series.items() if key != "nprs"
+        ]
         if list(self.instruments.children) != children:
             self.instruments.children = children
         lines = [f"{n} session{'s' if n != 1 else ''} from {progress.session_dates[0]:%d %b %Y}."]
@@ -319,9 +320,9 @@ class ProgressView:
             titles["x"].append(cx + (cell_w - 6.0) / 2)
             titles["y"].append(cy + y1 + 2.0)
             titles["text"].append(f"{dates[session_id]:%d %b} · {len(session_marks)}")
-        self.outline_source.data = outlines
-        self.marks_source.data = dots
-        self.title_source.data = titles
+        self.outline_source.data = column_data(outlines)
+        self.marks_source.data = column_data(dots)
+        self.title_source.data = column_data(titles)
         rows = (len(order) + columns - 1) // columns
         self.sites.x_range.update(start=-3.0, end=columns * cell_w)
         self.sites.y_range.update(start=-(rows - 1) * cell_h + y0 - 2.0, end=y1 + _CELL_TITLE)

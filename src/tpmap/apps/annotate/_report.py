@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bokeh.models import Button
+from bokeh.models.widgets import Button
 
 from tpmap.apps import Download
 from tpmap.apps.annotate._context import Context

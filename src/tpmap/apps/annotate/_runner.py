@@ -32,7 +32,7 @@ class Runner:
         self,
         work: Callable[[], Any],
         done: Callable[[Any], None],
-        failed: Callable[[Exception], None],
+        failed: Callable[[Exception], object],
     ) -> None:
         """Run ``work()`` off the event loop, then ``done(result)`` or ``failed(exc)`` on it."""
         if self.pool is None:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bokeh.layouts import column, row
-from bokeh.models import Button, Div, Select
+from bokeh.models.widgets import Button, Div, Select
 
 from tpmap import model
 from tpmap.apps.annotate._context import Context
 from tpmap.apps.annotate._fields import BLANK, FieldInput
+
+if TYPE_CHECKING:
+    from bokeh.models.ui import UIElement
+    from bokeh.models.widgets.inputs import Options
 
 __all__ = ["SessionPanel"]
 
@@ -59,7 +63,8 @@ class _Entry:
         text = _lines([label for _, label in labels], self.empty)
         if self.listing.text != text:
             self.listing.text = text
-        self.pick.options = [(BLANK, "—"), *labels]
+        options: Options = [(BLANK, "—"), *labels]
+        self.pick.options = options
         self.pick.value = BLANK
 
     def add(self) -> None:
@@ -115,7 +120,9 @@ class _Entry:
     @property
     def layout(self) -> Any:
         """The fields (the Add button ends the last row), the list and the remove picker."""
-        lines = [[self.fields[name].layout for name in names] for names in self.rows]
+        lines: list[list[UIElement]] = [
+            [self.fields[name].layout for name in names] for names in self.rows
+        ]
         lines[-1].append(self.add_button)
         return column(
             *(row(*line, spacing=6) for line in lines),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 
-from bokeh.models import Div
+from bokeh.models.widgets import Div
 
 from tpmap.auth import AccessDenied
 from tpmap.model import ValidationError
@@ -73,13 +73,14 @@ class StatusLine:
     @property
     def is_error(self) -> bool:
         """True when the message shown is an error."""
-        return self.div.styles.get("color") == ERROR_COLOUR
+        styles = self.div.styles  # the dict say() set (Bokeh would also take a Styles model)
+        return isinstance(styles, dict) and styles.get("color") == ERROR_COLOUR
 
     def say(self, text: str, *, error: bool = False) -> None:
         """Show ``text`` (replacing the last message); errors in red and bold."""
         if self.div.text != text:
             self.div.text = text
-        styles = {
+        styles: dict[str, str | None] = {
             **_STYLE,
             "color": ERROR_COLOUR if error else "#222",
             "font-weight": "600" if error else "400",
