@@ -65,10 +65,12 @@ _ARM = """([source, n]) => {
       const saved = () => {
         const d = Bokeh.documents[0].get_model_by_name(source).data;
         const state = Array.from(d instanceof Map ? d.get("state") : d.state);
-        return state.filter(s => s === "saved").length >= n;
+        // Stored marks are drawn "saved", or "selected" (the newest one is selected).
+        return state.filter(s => s === "saved" || s === "selected").length >= n;
       };
       const check = () => saved() ? resolve(performance.now() - t0)
-                                  : requestAnimationFrame(check);
+                        : performance.now() - t0 > 10000 ? resolve(null)  // never saved
+                        : requestAnimationFrame(check);
       requestAnimationFrame(check);
     }, {once: true, capture: true});
   });
@@ -222,12 +224,24 @@ def main() -> list[tuple[str, str, str]]:
                 # Spread the taps (more than the selection radius apart) inside the muscle.
                 x = minx + (maxx - minx) * (0.2 + 0.6 * ((i * 7) % N_TAPS) / N_TAPS)
                 y = miny + (maxy - miny) * (0.3 + 0.4 * (i % 5) / 5)
+                # Left and right in turn, as a session goes from muscle to muscle: the status
+                # line names each mark, so every tap changes it (and the page's layout).
+                if i % 2:
+                    x = -x
                 if atlas.region_at("posterior", x, y) is None:
                     continue
                 sx, sy = page.evaluate(_SCREEN, ["atlas-posterior", x, y])
                 page.evaluate(_ARM, ["marks-posterior", len(taps) + 1])
                 page.mouse.click(sx, sy)
-                taps.append(page.evaluate("() => window.__tap"))
+                took = page.evaluate("() => window.__tap")
+                if took is None:  # a tap that never showed as saved is a failure, not a time
+                    shot = work_dir() / "tap-not-saved.png"
+                    page.screenshot(path=str(shot))
+                    status = page.evaluate(
+                        "() => Bokeh.documents[0].get_model_by_name('status').text"
+                    )
+                    raise RuntimeError(f"tap {len(taps) + 1} was not saved: {status!r} ({shot})")
+                taps.append(took)
                 page.wait_for_timeout(350)  # keep taps apart: each is a plain Tap
             browser.close()
         # Signing in, timed last (right after start the server is still building the atlas

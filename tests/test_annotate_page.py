@@ -516,6 +516,7 @@ def test_the_table_lists_marks_and_choosing_a_row_selects(page, store):
     tap(page, "anterior", "vmo", "right")
     tap(page, "posterior", "gluteus_medius", "left")
     vmo, _gm = stored(store, page)
+    page.tabs.active = page.MARKS_TAB  # the table is drawn when its tab is opened
     table = page.marks_table.source
     assert list(table.data["muscle"]) == [
         "Vastus medialis obliquus (right)",

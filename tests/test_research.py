@@ -764,9 +764,15 @@ def test_binning_in_two_threads_agrees_with_one(monkeypatch):
     np.testing.assert_array_equal(bin_counts(x, y, spec), single)
 
 
-def test_counting_precomputed_cells_agrees_with_bincount_across_chunks():
-    # More marks than one chunk, a few off the grid (index n_cells and above): counted as a
-    # plain bincount of the cells on the grid would count them, whatever the selection.
+@pytest.mark.parametrize("threads", [False, True])
+def test_counting_precomputed_cells_agrees_with_bincount_across_chunks(monkeypatch, threads):
+    # Many chunks (split between two threads, or not), a few marks off the grid (index
+    # n_cells and above): counted as a plain bincount of the cells on the grid would count
+    # them, whatever the selection.
+    from tpmap.research import _density
+
+    monkeypatch.setattr(_density, "_COUNT_CHUNK", 4096)
+    monkeypatch.setattr(_density, "_PARALLEL", 1000 if threads else 10**9)
     rng = np.random.default_rng(5)
     n_cells = 24_000
     cells = rng.integers(0, n_cells + 50, 200_003).astype(np.uint16)

@@ -318,8 +318,9 @@ def bin_counts(
 _WORDS = 16
 
 
-#: Marks per chunk in :func:`count_cells`: their ``intp`` copy (512 kB) stays in cache.
-_COUNT_CHUNK = 1 << 16
+#: Marks per chunk in :func:`count_cells`: their ``intp`` copy (2 MB) stays in cache
+#: (measured: 2^18 is fastest on 2^14 .. 2^20).
+_COUNT_CHUNK = 1 << 18
 
 
 def count_cells(cells: np.ndarray, n_cells: int, selection: np.ndarray | None = None) -> np.ndarray:
@@ -347,19 +348,25 @@ def count_cells(cells: np.ndarray, n_cells: int, selection: np.ndarray | None = 
     >>> count_cells(np.array([0, 2, 2], dtype=np.uint16), 3, np.array([True, False, True]))
     array([1, 0, 1])
     """
-    counts = np.zeros(n_cells, dtype=np.int64)
     mask = selection is not None and selection.dtype == bool
     n = len(cells) if selection is None or mask else len(selection)
-    for lo in range(0, n, _COUNT_CHUNK):
-        hi = lo + _COUNT_CHUNK
-        if selection is None:
-            part = cells[lo:hi]
-        elif mask:
-            part = cells[lo:hi][selection[lo:hi]]
-        else:
-            part = cells[selection[lo:hi]]
-        counts += np.bincount(part, minlength=n_cells)[:n_cells]
-    return counts
+
+    def work(start: int, stop: int) -> np.ndarray:
+        counts = np.zeros(n_cells, dtype=np.int64)
+        for lo in range(start, stop, _COUNT_CHUNK):
+            hi = min(lo + _COUNT_CHUNK, stop)
+            if selection is None:
+                part = cells[lo:hi]
+            elif mask:
+                part = cells[lo:hi][selection[lo:hi]]
+            else:
+                part = cells[selection[lo:hi]]
+            counts += np.bincount(part, minlength=n_cells)[:n_cells]
+        return counts
+
+    # Two threads on large inputs, as bin_counts (numpy's bincount releases the GIL).
+    parts = _parallel(work, n)
+    return parts[0] if len(parts) == 1 else np.sum(parts, axis=0)
 
 
 def disc_half_widths(radius_cells: float) -> list[int]:

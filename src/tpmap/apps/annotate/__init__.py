@@ -194,6 +194,7 @@ class AnnotatePage:
             self.root.tags = applied
 
     # ------------------------------------------------------------------ state
+    MARKS_TAB = 2
     OUTCOMES_TAB = 3
     PROGRESS_TAB = 4
 
@@ -204,7 +205,9 @@ class AnnotatePage:
             self._tab_shown(self.tabs.active)
 
     def _tab_shown(self, index: int) -> None:
-        # The outcomes and the progress view read the whole episode: only when looked at.
+        # The marks table is drawn, and the outcomes and progress read the whole episode,
+        # only when looked at.
+        self.marks_table.show(index == self.MARKS_TAB)
         if index == self.OUTCOMES_TAB:
             self.outcomes.load()
         elif index == self.PROGRESS_TAB:

@@ -393,8 +393,9 @@ class Diagram:
             "layer": region.layer,
             "atlas_version": self.atlas.version,
         }
+        # The hollow mark says "saving"; the status line speaks once, when the tap is kept
+        # (one message per action, and one message less before the mark shows as saved).
         pending = state.add_pending(view, float(x), float(y), region.label)
-        ctx.status.say(f"Saving {region.label} …")
         session_id = state.session_id
 
         def saved(mark: Any) -> None:

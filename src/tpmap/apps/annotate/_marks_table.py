@@ -37,8 +37,18 @@ class MarksTable:
         )
         self.layout = self.table
         self._writing = False
+        # Drawn only while its tab is open: a table redrawn behind another tab on every tap
+        # cost the browser ~10 ms and the tap two messages before the saved mark showed.
+        self.shown = False
+        self._stale = False
         self.source.selected.on_change("indices", self._chosen)
         ctx.state.listen(self._on_state)
+
+    def show(self, shown: bool) -> None:
+        """The table's tab is open (``True``) or closed; an open table is kept current."""
+        self.shown = shown
+        if shown and self._stale:
+            self.refresh()
 
     def resize(self, width: int, height: int) -> None:
         """Fit the table into the panel."""
@@ -59,6 +69,14 @@ class MarksTable:
         }
 
     def _on_state(self, _change: Change) -> None:
+        if self.shown:
+            self.refresh()
+        else:
+            self._stale = True
+
+    def refresh(self) -> None:
+        """List the session's marks and select the selected one."""
+        self._stale = False
         state = self.ctx.state
         ordered = sorted(state.marks.values(), key=lambda m: m.id)
         data = self._data(ordered)
