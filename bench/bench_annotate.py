@@ -22,6 +22,7 @@ import os
 import shutil
 import statistics
 import time
+from typing import Any
 
 from bench._work import isolate, secret_file, serve, stop, work_dir
 from tpmap import load_atlas
@@ -75,6 +76,15 @@ _ARM = """([source, n]) => {
     }, {once: true, capture: true});
   });
 }"""
+
+
+def sign_in(page: Any, url: str, next_path: str) -> None:
+    """Sign ``page`` in as the benchmark's clinician through ``/login``."""
+    page.goto(f"{url}/login?next={next_path}")
+    page.locator("#name").fill(BENCH_USER)
+    page.locator("#password").fill(BENCH_PASSWORD)
+    with page.expect_navigation():
+        page.locator("button[type=submit]").click()
 
 
 def _build_db() -> tuple[int, int]:
@@ -192,11 +202,7 @@ def main() -> list[tuple[str, str, str]]:
             )
             context = browser.new_context(viewport={"width": 1024, "height": 768})
             page = context.new_page()
-            page.goto(url + "/login?next=/annotate")
-            page.locator("#name").fill(BENCH_USER)
-            page.locator("#password").fill(BENCH_PASSWORD)
-            with page.expect_navigation():
-                page.locator("button[type=submit]").click()
+            sign_in(page, url, "/annotate")
             for _ in range(3):
                 page.goto(url + "/annotate")
                 page.locator("div.bk-Canvas").first.wait_for()

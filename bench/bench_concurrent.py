@@ -33,7 +33,7 @@ from bokeh.document import Document
 
 from bench._report import print_rows
 from bench._work import isolate, scratch, serve, stop
-from bench.bench_annotate import _SCREEN, _build_db, _pct, _tap_patient, db_url
+from bench.bench_annotate import _SCREEN, _build_db, _pct, _tap_patient, db_url, sign_in
 from tpmap import load_atlas, research
 from tpmap.apps.explore import make_document
 
@@ -47,7 +47,8 @@ _ARM = """([source, n]) => {
     const saved = () => {
       const d = Bokeh.documents[0].get_model_by_name(source).data;
       const state = Array.from(d instanceof Map ? d.get("state") : d.state);
-      return state.filter(s => s === "saved").length >= n;
+      // Stored marks are drawn "saved", or "selected" (the newest one is selected).
+      return state.filter(s => s === "saved" || s === "selected").length >= n;
     };
     const check = () => saved() ? (window.__tapMs = performance.now() - t0)
                                 : requestAnimationFrame(check);
@@ -111,7 +112,9 @@ def _run(work: Path) -> list[tuple[str, str, str]]:
             )
             clinician = browser.new_context(viewport={"width": 1024, "height": 768}).new_page()
             researcher = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
-            clinician.goto(url + "/annotate")
+            # The bench's clinician, signed in on both pages (a clinician may use /explore).
+            sign_in(clinician, url, "/annotate")
+            sign_in(researcher, url, "/atlas")  # not /explore yet: that starts the load
             clinician.locator("div.bk-Canvas").first.wait_for()
             clinician.locator(".tp-patient-search input").fill(tap_code)
             clinician.locator(".tp-patient-search input").press("Enter")
@@ -143,7 +146,7 @@ def _run(work: Path) -> list[tuple[str, str, str]]:
 
             # The researcher opens the page: the data set loads (cold) on the research worker.
             started = time.perf_counter()
-            researcher.goto(url + "/explore", wait_until="commit")
+            researcher.goto(url + "/explore", wait_until="commit")  # signed in above
             while True:
                 try:
                     done = "patients" in researcher.evaluate(LEGEND)
