@@ -28,7 +28,7 @@ from sqlalchemy import create_engine
 
 from bench._report import print_rows
 from bench._work import isolate, scratch, serve, stop
-from bench.bench_annotate import _build_db, db_url
+from bench.bench_annotate import _build_db, db_url, sign_in
 from tpmap import load_atlas, research
 from tpmap.apps.explore import Request, make_document
 
@@ -104,7 +104,7 @@ def _run(work: Path) -> list[tuple[str, str, str]]:
                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
             )
             page_b = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page_b.goto(url + "/explore")
+            sign_in(page_b, url, "/explore")  # the bench's clinician (may use /explore)
             page_b.locator("div.bk-Canvas").first.wait_for(timeout=120_000)
             legend = "() => Bokeh.documents[0].get_model_by_name('legend').text"
             page_b.wait_for_function(f"() => ({legend})().includes('patients')", timeout=300_000)
