@@ -58,6 +58,7 @@ class ItemAnswers:
             text="", name="items-total", width=width - 20, render_as_text=True, visible=False
         )
         self.box = column(
+            Div(visible=False),  # the items come when opened (an empty layout gets a warning)
             name="items", height=_BOX_HEIGHT, width=width - 10, visible=False,
             stylesheets=[InlineStyleSheet(css=_SCROLL_CSS)],  # a model per document
         )  # fmt: skip

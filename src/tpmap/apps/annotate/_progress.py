@@ -109,7 +109,9 @@ class ProgressView:
             )
         )
         self._instrument_figs: dict[str, tuple[figure, ColumnDataSource, BoxAnnotation]] = {}
-        self.instruments = column(name="progress-instruments")
+        # Filled when an episode is shown; a hidden placeholder until then (Bokeh warns
+        # about an empty layout in every new page otherwise).
+        self.instruments = column(Div(visible=False), name="progress-instruments")
         self.marks_source = ColumnDataSource(
             {"x": [], "y": [], "label": [], "date": []}, name="progress-marks"
         )
