@@ -13,6 +13,7 @@ import datetime as dt
 import ipaddress
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -262,6 +263,10 @@ def run(
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Start the server and block until interrupted."""
+    # The event loop shares the GIL with the research and store workers: a thread asking
+    # for it waits up to the switch interval (5 ms by default) at every hand-over, and a
+    # tap hands over several times. 1 ms keeps taps quick while a researcher computes.
+    sys.setswitchinterval(0.001)
     server = build_server(settings, store=store, secret=secret)
     server.start()
     url = f"http://{settings.host}:{server.port}/"
