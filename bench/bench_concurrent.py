@@ -33,28 +33,12 @@ from bokeh.document import Document
 
 from bench._report import print_rows
 from bench._work import isolate, scratch, serve, stop
-from bench.bench_annotate import _SCREEN, _build_db, _pct, _tap_patient, db_url, sign_in
+from bench.bench_annotate import _ARM, _SCREEN, _build_db, _pct, _tap_patient, db_url, sign_in
 from tpmap import load_atlas, research
 from tpmap.apps.explore import make_document
 
 N_TAPS = 20
 CONDITIONS = ["knee_osteoarthritis", "patellofemoral_pain", "lateral_knee_pain"]
-# As bench_annotate's, but the result lands in a variable the bench waits for with a timeout.
-_ARM = """([source, n]) => {
-  window.__tapMs = undefined;
-  document.addEventListener("pointerdown", () => {
-    const t0 = performance.now();
-    const saved = () => {
-      const d = Bokeh.documents[0].get_model_by_name(source).data;
-      const state = Array.from(d instanceof Map ? d.get("state") : d.state);
-      // Stored marks are drawn "saved", or "selected" (the newest one is selected).
-      return state.filter(s => s === "saved" || s === "selected").length >= n;
-    };
-    const check = () => saved() ? (window.__tapMs = performance.now() - t0)
-                                : requestAnimationFrame(check);
-    requestAnimationFrame(check);
-  }, {once: true, capture: true});
-}"""
 LEGEND = "() => (Bokeh.documents[0].get_model_by_name('legend') || {}).text || ''"
 
 
@@ -135,8 +119,10 @@ def _run(work: Path) -> list[tuple[str, str, str]]:
                 sx, sy = clinician.evaluate(_SCREEN, ["atlas-posterior", x, y])
                 clinician.evaluate(_ARM, ["marks-posterior", n_taps + 1])
                 clinician.mouse.click(sx, sy)
-                clinician.wait_for_function("() => window.__tapMs !== undefined", timeout=60_000)
-                phases[phase].append(clinician.evaluate("() => window.__tapMs"))
+                took = clinician.evaluate("() => window.__tap")
+                if took is None:  # never shown as saved: a failure, not a time
+                    raise RuntimeError(f"tap {n_taps + 1} ({phase}) was not saved")
+                phases[phase].append(took)
                 n_taps += 1
                 print(f"  {phase}: tap {n_taps} {phases[phase][-1]:.0f} ms", flush=True)
                 clinician.wait_for_timeout(350)  # keep taps apart: each is a plain Tap
