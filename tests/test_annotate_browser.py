@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from tpmap import load_atlas
 from tpmap.store import Store
@@ -38,6 +39,29 @@ def wait_marks(store: Store, session_id: int, n: int, timeout: float = 15.0) -> 
             return marks
         time.sleep(0.1)
     return store.session_marks(session_id)
+
+
+def open_new_session(
+    serve, page, db: Path, code: str, condition: str, side: str, **session: object
+) -> tuple[Store, object, object]:
+    """A database with one patient, episode and (empty) session, served and opened on the
+    page by a signed-in clinician; returns the store, the episode and the session."""
+    url = f"sqlite:///{db}"
+    store = Store(url)
+    patient = store.create_patient({"code": code}, "t")
+    episode = store.create_episode(
+        patient.id,
+        {"condition": condition, "affected_side": side, "start_date": "2026-01-05"},
+        "t",
+    )
+    fields = {"date": "2026-01-06", "clinician": "AB", **session}
+    opened = store.create_session(episode.id, fields, "t")
+    server = serve(url)
+    sign_in(page, server, next_path="/annotate")
+    wait_for_bokeh(page)
+    page.locator(".tp-patient select").select_option(label=code)
+    wait_status(page, "0 marks")
+    return store, episode, opened
 
 
 def test_create_patient_and_session_tap_two_muscles_reload(serve, page, tmp_path):
@@ -109,20 +133,9 @@ def test_a_tap_off_the_body_says_so(serve, page):
 
 
 def test_a_finger_tap_on_a_tablet_is_kept(serve, page, tmp_path):
-    url = f"sqlite:///{tmp_path / 'touch.db'}"
-    store = Store(url)
-    patient = store.create_patient({"code": "P-TOUCH"}, "t")
-    episode = store.create_episode(
-        patient.id,
-        {"condition": "lateral_knee_pain", "affected_side": "left", "start_date": "2026-01-05"},
-        "t",
+    store, _episode, session = open_new_session(
+        serve, page, tmp_path / "touch.db", "P-TOUCH", "lateral_knee_pain", "left"
     )
-    session = store.create_session(episode.id, {"date": "2026-01-06", "clinician": "AB"}, "t")
-    server = serve(url)
-    sign_in(page, server, next_path="/annotate")
-    wait_for_bokeh(page)
-    page.locator(".tp-patient select").select_option(label="P-TOUCH")
-    wait_status(page, "0 marks")
     page.touchscreen.tap(*screen_xy(page, "atlas-anterior", *inside("anterior", "vmo", "left")))
     wait_status(page, "Saved: Vastus medialis obliquus (left)")
     assert [m.muscle for m in wait_marks(store, session.id, 1)] == ["vmo"]
@@ -130,20 +143,9 @@ def test_a_finger_tap_on_a_tablet_is_kept(serve, page, tmp_path):
 
 
 def test_the_structures_layer_records_the_ligament_tapped(serve, page, tmp_path):
-    url = f"sqlite:///{tmp_path / 'structures.db'}"
-    store = Store(url)
-    patient = store.create_patient({"code": "P-PERI"}, "t")
-    episode = store.create_episode(
-        patient.id,
-        {"condition": "knee_osteoarthritis", "affected_side": "left", "start_date": "2026-01-05"},
-        "t",
+    store, _episode, session = open_new_session(
+        serve, page, tmp_path / "structures.db", "P-PERI", "knee_osteoarthritis", "left"
     )
-    session = store.create_session(episode.id, {"date": "2026-01-06", "clinician": "AB"}, "t")
-    server = serve(url)
-    sign_in(page, server, next_path="/annotate")
-    wait_for_bokeh(page)
-    page.locator(".tp-patient select").select_option(label="P-PERI")
-    wait_status(page, "0 marks")
     page.get_by_role("button", name="Ligaments, tendons, bone").click()
     # The left knee (the affected one) close up: the MPFL and the joint line are tappable.
     for structure in ("mpfl", "medial_joint_line"):
@@ -161,22 +163,15 @@ def test_the_structures_layer_records_the_ligament_tapped(serve, page, tmp_path)
 
 
 def test_outcome_scores_entered_on_the_page_show_in_the_progress_view(serve, page, tmp_path):
-    url = f"sqlite:///{tmp_path / 'outcomes.db'}"
-    store = Store(url)
-    patient = store.create_patient({"code": "P-SCORE"}, "t")
-    episode = store.create_episode(
-        patient.id,
-        {"condition": "knee_osteoarthritis", "affected_side": "left", "start_date": "2026-01-05"},
-        "t",
+    store, episode, _session = open_new_session(
+        serve,
+        page,
+        tmp_path / "outcomes.db",
+        "P-SCORE",
+        "knee_osteoarthritis",
+        "left",
+        nprs_before=7,
     )
-    store.create_session(
-        episode.id, {"date": "2026-01-06", "clinician": "AB", "nprs_before": 7}, "t"
-    )
-    server = serve(url)
-    sign_in(page, server, next_path="/annotate")
-    wait_for_bokeh(page)
-    page.locator(".tp-patient select").select_option(label="P-SCORE")
-    wait_status(page, "0 marks")
     page.get_by_role("tab", name="Outcomes").click()
     for instrument, score in (("WOMAC physical function", "31"), ("Kujala", "64")):
         page.locator(".tp-outcome-instrument select").select_option(label=instrument)
@@ -203,20 +198,9 @@ def test_outcome_scores_entered_on_the_page_show_in_the_progress_view(serve, pag
 
 
 def test_a_kujala_score_from_its_item_answers_is_saved(serve, page, tmp_path):
-    url = f"sqlite:///{tmp_path / 'items.db'}"
-    store = Store(url)
-    patient = store.create_patient({"code": "P-ITEMS"}, "t")
-    episode = store.create_episode(
-        patient.id,
-        {"condition": "patellofemoral_pain", "affected_side": "right", "start_date": "2026-01-05"},
-        "t",
+    store, episode, _session = open_new_session(
+        serve, page, tmp_path / "items.db", "P-ITEMS", "patellofemoral_pain", "right"
     )
-    store.create_session(episode.id, {"date": "2026-01-06", "clinician": "AB"}, "t")
-    server = serve(url)
-    sign_in(page, server, next_path="/annotate")
-    wait_for_bokeh(page)
-    page.locator(".tp-patient select").select_option(label="P-ITEMS")
-    wait_status(page, "0 marks")
     page.get_by_role("tab", name="Outcomes").click()
     page.get_by_label("Instrument").select_option(label="Kujala")
     page.get_by_role("button", name="Enter item answers").click()
