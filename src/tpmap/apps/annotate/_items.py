@@ -143,9 +143,10 @@ class ItemAnswers:
         questionnaire = self.questionnaire
         if questionnaire is None or not self.box.visible:
             return
-        answered = sum(1 for v in self.answers().values() if v is not None)
+        answers = self.answers()
+        answered = sum(1 for v in answers.values() if v is not None)
         try:
-            total = questionnaire.total(self.answers())
+            total = questionnaire.total(answers)
         except model.ValidationError as exc:
             self.total.text = exc.errors.get("answers", str(exc))
             return
