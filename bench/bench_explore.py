@@ -86,7 +86,9 @@ def _run(work: Path) -> list[tuple[str, str, str]]:
         def change(request: Request = request) -> None:
             condition = CONDITIONS[next(cycle) % len(CONDITIONS)]
             # What the research worker does for one filter change.
-            page.compute(replace(request, filters=research.Filters(conditions=[condition])))
+            page.analysis.compute(
+                page.shared, replace(request, filters=research.Filters(conditions=[condition]))
+            )
 
         rows.append((f"server: {label}", f"{_median_ms(change):.0f} ms", ""))
     alt = _median_ms(lambda: _read_sql_alternative("posterior", "knee_osteoarthritis"), 3)

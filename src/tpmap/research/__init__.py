@@ -4,7 +4,7 @@ Everything works on the frames of a :class:`Dataset` (no Bokeh), so that the exp
 ``tpmap heatmap`` and a notebook share one code path. One module per concern:
 
 - frames and loading (:func:`load_dataset`, :class:`Dataset`, :class:`SharedDataset`,
-  :func:`compact_marks`);
+  :func:`compact_marks`; a server's :class:`ResearchProcess`);
 - filters (:class:`Filters`, :func:`fold_to_affected_side`);
 - proportions and comparisons (:func:`muscle_table`, :func:`compare_groups`,
   :func:`wilson_interval`);
@@ -77,6 +77,7 @@ from tpmap.research._outcomes import (
     attach_responders,
     responders,
 )
+from tpmap.research._process import NICENESS, DatasetSummary, ResearchProcess
 from tpmap.research._proportions import (
     BH_FAMILY,
     compare_groups,
@@ -94,6 +95,7 @@ __all__ = [
     "EXPORT_COLUMNS",
     "INSTRUMENTS",
     "MARK_COLUMNS",
+    "NICENESS",
     "RESPONDER_STATUSES",
     "ROLES",
     "SESSION_COLUMNS",
@@ -101,6 +103,7 @@ __all__ = [
     "WEIGHTINGS",
     "CellKey",
     "Dataset",
+    "DatasetSummary",
     "DensityGrid",
     "DifferenceGrid",
     "DisclosureError",
@@ -110,6 +113,7 @@ __all__ = [
     "Filters",
     "GridSpec",
     "QueryCheck",
+    "ResearchProcess",
     "ResponderRule",
     "SharedDataset",
     "age_band",

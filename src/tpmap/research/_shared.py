@@ -1,11 +1,15 @@
-"""One research data set per server process, loaded off the event loop, shared by every tab.
+"""One research data set, loaded off the event loop, shared by every tab.
 
-The server creates one :class:`SharedDataset` and hands it to every researcher page. The
-first page to need it starts the load on the object's worker thread; every other page waits
-for the same load. Afterwards pages read the same frames (read-only), so memory stays at
-about 32 bytes a mark however many tabs are open. When a page asks again after ``max_age``
-seconds, the worker checks the database for changes (reading only changed marks, through
-the snapshot) and swaps in a new data set only if something changed.
+A :class:`SharedDataset` holds the data set in this process and computes on its own worker
+thread (notebooks, tests, and the research process of a server: :mod:`._process`). The
+first page to need it starts the load on that worker; every other page waits for the same
+load. Afterwards pages read the same frames (read-only), so memory stays at about 32 bytes a
+mark however many tabs are open. When a page asks again after ``max_age`` seconds, the
+worker checks the database for changes (reading only changed marks, through the snapshot)
+and swaps in a new data set only if something changed.
+
+Pages compute with :meth:`SharedDataset.run`: ``fn(shared, *args)`` runs where the data set
+lives, with ``shared.data``, ``shared.cell_key`` and ``shared.memo`` to hand.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -29,10 +33,11 @@ from tpmap.research._disclosure import CellKey
 from tpmap.research._frames import stable_order
 from tpmap.research._loading import Dataset, load_dataset, snapshot_dir
 
-__all__ = ["SharedDataset"]
+__all__ = ["SharedDataset", "cell_key_bytes"]
 
 log = logging.getLogger("tpmap.research")
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class SharedDataset:
@@ -49,6 +54,9 @@ class SharedDataset:
     grids
         The page's density grid per view (:func:`view_grids`): each mark's cell is computed
         once at load (2 bytes a mark) so that maps need no index arithmetic.
+    refresh_in_child
+        Read changed marks from the database in a child process (see
+        :meth:`_refresh_elsewhere`); False where this already is a child process.
 
     Examples
     --------
@@ -63,9 +71,12 @@ class SharedDataset:
         snapshot: str | Path | bool | None = None,
         max_age: float = 30.0,
         grids: dict[str, GridSpec] | None = None,
+        refresh_in_child: bool = True,
     ) -> None:
         self._source = source
         self._grids = grids
+        self._refresh_in_child = refresh_in_child
+        self._memo: dict[Any, Any] = {}
         self._snapshot = snapshot
         self.max_age = float(max_age)
         # One worker: loads, refreshes and every page's recomputation queue on it, so the
@@ -130,22 +141,17 @@ class SharedDataset:
         return self._own_engine
 
     def _key_bytes(self) -> bytes | None:
-        directory = snapshot_dir(self._engine(), self._snapshot)
-        if directory is None:
-            return None
-        path = directory / "cellkey.bin"
-        with contextlib.suppress(FileNotFoundError):
-            return path.read_bytes()
-        directory.mkdir(parents=True, exist_ok=True)
-        key = os.urandom(32)
-        try:
-            # O_EXCL: of two processes starting together, one writes and both read its key.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_bytes()
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key)
-        return key
+        return cell_key_bytes(self._engine(), self._snapshot)
+
+    def memo(self, key: Any, make: Callable[[], T]) -> T:
+        """``make()``, computed once per data set (for instance a responder rule's statuses).
+
+        Call it from :meth:`run`'s function: the cache is emptied when the data set is
+        replaced, and only the worker touches it.
+        """
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     # ---------------------------------------------------------------- work
     def ensure(self) -> Future[Dataset]:
@@ -164,17 +170,24 @@ class SharedDataset:
             self._job = self.executor.submit(self._load_or_refresh)
             return self._job
 
-    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Run ``fn(*args)`` on the research worker (after any load under way).
+    def run(
+        self, fn: Callable[Concatenate[SharedDataset, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> Future[T]:
+        """Compute ``fn(self, *args)`` on the research worker (after any load under way).
 
-        The worker computes on one core: the other stays free for the event loop.
+        ``fn`` reads ``shared.data``; the worker computes on one core, so the other stays
+        free for the event loop.
         """
 
-        def run() -> T:
+        def work() -> T:
             with single_threaded():
-                return fn(*args)
+                return fn(self, *args, **kwargs)
 
-        return self.executor.submit(run)
+        return self.executor.submit(work)
+
+    def submit(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Run ``fn(*args)`` on a worker thread of this process (database writes, files)."""
+        return self.executor.submit(fn, *args, **kwargs)
 
     def _say(self, message: str) -> None:
         self._progress = message
@@ -185,12 +198,14 @@ class SharedDataset:
                 self._checked = time.monotonic()
                 return self._data
             started = time.perf_counter()
-            self._refresh_elsewhere()
+            if self._refresh_in_child:
+                self._refresh_elsewhere()
             data = load_dataset(self._source, snapshot=self._snapshot, progress=self._say)
             self._say(f"sorting {len(data.marks):,} marks ...".replace(",", " "))
             data = self._prepare(data)
             marks = data.marks
             self._fingerprint = self._tables_fingerprint()
+            self._memo = {}
             self._data = data
             self.loads += 1
             self._checked = time.monotonic()
@@ -275,6 +290,29 @@ class SharedDataset:
         engine = getattr(self, "_own_engine", None)
         if engine is not None:
             engine.dispose()
+
+
+def cell_key_bytes(engine: Any, snapshot: str | Path | bool | None) -> bytes | None:
+    """The perturbation key kept in the snapshot directory (made the first time).
+
+    None without a snapshot directory (the key is then random per process).
+    """
+    directory = snapshot_dir(engine, snapshot)
+    if directory is None:
+        return None
+    path = directory / "cellkey.bin"
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_bytes()
+    directory.mkdir(parents=True, exist_ok=True)
+    key = os.urandom(32)
+    try:
+        # O_EXCL: of two processes starting together, one writes and both read its key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    return key
 
 
 def _refresh_snapshot(url: str, directory: str) -> None:

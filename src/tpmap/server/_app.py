@@ -23,10 +23,10 @@ from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
 from bokeh.server.server import Server
 
-from tpmap.atlas import load_atlas
+from tpmap.atlas import Atlas, load_atlas
 from tpmap.auth import Principal, Secret, load_secret
 from tpmap.server._auth import RootHandler, TpmapAuth, install_websocket_checks
-from tpmap.store import open_store
+from tpmap.store import Store, open_store
 
 log = logging.getLogger("tpmap.server")
 
@@ -216,11 +216,10 @@ def build_server(
     auth = TpmapAuth(
         store, idle_timeout=settings.idle_timeout, secure_cookies=settings.behind_proxy
     )
-    # One research data set per process, loaded when a researcher page first needs it and
-    # shared by every tab (tpmap.research.SharedDataset: no Bokeh, its own worker thread).
-    from tpmap.research import SharedDataset, view_grids
-
-    research = SharedDataset(store, snapshot=settings.snapshot_dir, grids=view_grids(atlas))
+    # One research data set per server, loaded when a researcher page first needs it and
+    # shared by every tab. It lives in a low-priority child process (tpmap.research.
+    # ResearchProcess), so research work takes neither the GIL nor a clinician's core.
+    research = _research_worker(store, settings, atlas)
     context = {"atlas": atlas, "store": store, "settings": settings, "research": research}
     apps = {
         path: _PageApplication(FunctionHandler(_page(make, context, auth)))
@@ -253,6 +252,20 @@ def build_server(
         server._tornado.websocket_origins.update(_origins(settings, server.port))
     log.info("websocket origins allowed: %s", sorted(server._tornado.websocket_origins))
     return server
+
+
+def _research_worker(store: Store, settings: Settings, atlas: Atlas) -> Any:
+    """The server's research data set: in a child process, unless the database is one only
+    this process can open (an in-memory SQLite database)."""
+    from tpmap.research import ResearchProcess, SharedDataset, view_grids
+
+    url = store.engine.url
+    grids = view_grids(atlas)
+    if url.get_backend_name() == "sqlite" and (url.database or ":memory:") == ":memory:":
+        return SharedDataset(store, snapshot=settings.snapshot_dir, grids=grids)
+    return ResearchProcess(
+        url.render_as_string(hide_password=False), snapshot=settings.snapshot_dir, grids=grids
+    )
 
 
 def run(
