@@ -39,10 +39,10 @@ EXACT = research.DisclosurePolicy(min_patients=5, perturb=False)
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 
 
-def where(shared: research.SharedDataset) -> tuple[int, int, int]:
-    """Run in the research process: its pid, its nice value, its number of marks."""
+def where(shared: research.SharedDataset) -> tuple[int, int, int, int]:
+    """Run in the research process: its pid, nice value, scheduling policy and marks."""
     assert shared.data is not None
-    return os.getpid(), os.nice(0), len(shared.data.marks)
+    return os.getpid(), os.nice(0), os.sched_getscheduler(0), len(shared.data.marks)
 
 
 def alive(pid: int) -> bool:
@@ -89,9 +89,11 @@ def test_the_data_set_lives_and_computes_in_a_low_priority_child(process, demo_u
     assert summary.date_range == plain.date_range
     assert summary.instruments == plain.instruments
     assert process.loads == 1 and process.progress == "ready"
-    pid, nice, n_marks = process.run(where).result(timeout=60)
+    pid, nice, policy, n_marks = process.run(where).result(timeout=60)
     assert pid != os.getpid() and alive(pid)
-    assert nice == min(19, os.nice(0) + research.NICENESS)  # the clinician's core comes first
+    # The clinician's core comes first: the research process runs on what nothing else wants.
+    assert nice == min(19, os.nice(0) + research.NICENESS)
+    assert policy == os.SCHED_IDLE
     assert n_marks == len(plain.marks)
     assert process.ensure().result(timeout=60) == summary and process.loads == 1
 
@@ -112,7 +114,7 @@ def test_the_research_process_follows_changes_in_the_database(store_url, tmp_pat
             )
             second = proc.ensure().result(timeout=120)
             assert second.n_marks == first.n_marks + 1
-            assert proc.run(where).result(timeout=60)[2] == second.n_marks
+            assert proc.run(where).result(timeout=60)[3] == second.n_marks
         finally:
             proc.close()
     finally:
@@ -195,7 +197,7 @@ def test_a_research_process_that_died_is_replaced(process):
     deadline = time.monotonic() + 60
     while True:  # the job sent while the pool learns of the death fails; the next one runs
         try:
-            new_pid, _nice, n_marks = process.run(where).result(timeout=120)
+            new_pid, _nice, _policy, n_marks = process.run(where).result(timeout=120)
             break
         except BrokenProcessPool:
             assert time.monotonic() < deadline

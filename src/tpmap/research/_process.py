@@ -4,8 +4,9 @@ A server keeps its research data set in one child process: loading, refreshing a
 researcher page's computation run there, and only results (tables, grids: numbers) come
 back. The server's event loop then shares neither the GIL nor its CPU priority with
 research work: a clinician tapping while a researcher loads 10^6 marks or changes a filter
-waits for neither. The child is ``nice``-d (:data:`NICENESS`), so when both want a core the
-operating system gives it to the clinician.
+waits for neither. The child runs under Linux's ``SCHED_IDLE`` policy (and ``nice``
+:data:`NICENESS` where that policy is missing): it computes only on a core that nothing
+else wants, so the operating system always gives the clinician's request the core first.
 
 :class:`ResearchProcess` has the interface a page uses of :class:`SharedDataset` (``ensure``,
 ``run``, ``submit``, ``progress``, ``cell_key``, ``close``); the functions given to
@@ -39,8 +40,9 @@ log = logging.getLogger("tpmap.research")
 T = TypeVar("T")
 P = ParamSpec("P")
 
-#: How much lower the research process's CPU priority is (``nice``; 0 to 19). At 10 the
-#: kernel gives it about a tenth of a core that a clinician's request also wants.
+#: How much lower the research process's CPU priority is (``nice``; 0 to 19), besides
+#: ``SCHED_IDLE``. Alone, at 10 the kernel would give it about a tenth of a core that a
+#: clinician's request also wants.
 NICENESS = 10
 _PROGRESS_BYTES = 200
 
@@ -89,7 +91,8 @@ class ResearchProcess:
     snapshot, max_age, grids
         As in :class:`SharedDataset`.
     niceness
-        Added to the child's ``nice`` value (:data:`NICENESS`).
+        Added to the child's ``nice`` value (:data:`NICENESS`); the child also runs under
+        ``SCHED_IDLE`` where the platform has it.
 
     Examples
     --------
@@ -248,10 +251,13 @@ def _child_start(
     niceness: int,
     parent: int,
 ) -> None:
-    """Set up the research process: low priority, its data set, and a watch on the parent."""
+    """Set up the research process: lowest priority, its data set, a watch on the parent."""
     global _CHILD
     with contextlib.suppress(OSError):
         os.nice(niceness)
+    with contextlib.suppress(OSError, AttributeError):
+        # Linux: run only on a core nothing else wants (threads started later inherit it).
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     _watch_parent(parent)
 
     def say(message: str) -> None:

@@ -41,7 +41,7 @@ P = ParamSpec("P")
 
 
 class SharedDataset:
-    """The data set of one server process, loaded and refreshed on its own worker thread.
+    """A data set held in this process: loaded, refreshed and computed on one worker thread.
 
     Parameters
     ----------
